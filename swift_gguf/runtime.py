@@ -1,0 +1,126 @@
+"""A thin layer over one llama.cpp context: decode a batch, read logits, edit the KV cache,
+and set the layer-skip mask for the duration of a block.
+
+The engine and the search talk to llama.cpp only through this class.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+from llama_cpp import llama_cpp as C
+
+from . import native
+from .errors import ContextFullError, DecodeError
+
+_DECODE_ERRORS = {
+    1: "no free slot in the KV cache for this batch (the context is full): use a larger -c/--ctx-size",
+    2: "decoding was aborted",
+    -1: "invalid batch (bad token id or position)",
+}
+
+
+class Runtime:
+    """Decode calls, logits and KV edits on one context, with timing of every call."""
+
+    def __init__(self, ctx_ptr, model_ptr, *, n_batch: int):
+        self.ctx = ctx_ptr
+        self.model = model_ptr
+        self.vocab = C.llama_model_get_vocab(model_ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_layer = C.llama_model_n_layer(model_ptr)
+        self.n_ctx = C.llama_n_ctx(ctx_ptr)
+        self.n_batch = n_batch
+        self.mem = C.llama_get_memory(ctx_ptr)
+        self._batch = C.llama_batch_init(n_batch, 0, 1)
+        self._mask: bytes = b""
+        self.decode_calls = 0
+
+    def close(self) -> None:
+        if self._batch is not None:
+            C.llama_batch_free(self._batch)
+            self._batch = None
+
+    # -- decoding ------------------------------------------------------------------
+
+    def decode(self, tokens: Sequence[int], pos0: int, *, seq: int = 0, all_logits: bool = False) -> float:
+        """Evaluate tokens at positions pos0.. on sequence seq; returns seconds taken.
+
+        Logits are kept for every row when all_logits, else for the last row only.
+        Longer inputs are split into n_batch chunks (then only the last chunk's logits stay).
+        """
+        start = time.perf_counter()
+        n = len(tokens)
+        for off in range(0, n, self.n_batch):
+            chunk = tokens[off:off + self.n_batch]
+            last_chunk = off + self.n_batch >= n
+            self._fill(chunk, pos0 + off, seq, all_logits and last_chunk, last_chunk)
+            rc = C.llama_decode(self.ctx, self._batch)
+            self.decode_calls += 1
+            if rc != 0:
+                msg = _DECODE_ERRORS.get(rc, f"llama_decode failed with code {rc}")
+                if rc == 1:
+                    raise ContextFullError(msg)
+                raise DecodeError(msg)
+        return time.perf_counter() - start
+
+    def _fill(self, tokens: Sequence[int], pos0: int, seq: int, all_logits: bool, last: bool) -> None:
+        b = self._batch
+        n = len(tokens)
+        b.n_tokens = n
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = all_logits
+        if last:
+            b.logits[n - 1] = True
+
+    def logits(self, row: int = -1) -> np.ndarray:
+        """Logits of one output row of the last decode (a view: copy it to keep it)."""
+        ptr = C.llama_get_logits_ith(self.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def logits_rows(self, n: int) -> np.ndarray:
+        """Logits of the last decode's n output rows, in batch order (a view)."""
+        ptr = C.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    # -- KV cache --------------------------------------------------------------------
+
+    def remove(self, seq: int, p0: int, p1: int = -1) -> None:
+        """Drop positions [p0, p1) of seq (p1 < 0: to the end; seq < 0: every sequence)."""
+        if not C.llama_memory_seq_rm(self.mem, seq, p0, p1):
+            raise DecodeError(f"this model's memory cannot drop positions {p0}..{p1} (recurrent state)")
+
+    def share(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Let seq dst see src's cells for positions [p0, p1) (free on a unified KV cache)."""
+        C.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self.mem, True)
+
+    def room(self, n_past: int) -> int:
+        """How many more positions fit after n_past."""
+        return self.n_ctx - n_past
+
+    # -- layer skipping ----------------------------------------------------------------
+
+    @contextmanager
+    def skipping(self, mask: bytes) -> Iterator[None]:
+        """Decode with mask set inside the block; the mask is cleared on any exit (also Ctrl-C)."""
+        native.set_layer_skip(self.ctx, mask)
+        try:
+            yield
+        finally:
+            native.clear_layer_skip(self.ctx)
+
+    def current_mask(self) -> bytes:
+        return native.get_layer_skip(self.ctx, self.n_layer)

