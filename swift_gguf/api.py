@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import llama_cpp
+import numpy as np
 import llama_cpp._internals as internals
 from llama_cpp import llama_cpp as C
 
@@ -31,6 +32,7 @@ from .search import SearchConfig
 from .skipset import SkipSet
 
 _ctx_lock = threading.Lock()
+_NO_SCORES = np.zeros(0, dtype=np.float32)
 
 
 @contextlib.contextmanager
@@ -78,6 +80,10 @@ class SwiftLlama(llama_cpp.Llama):
         config = SpecConfig(mode=spec, draft_max=draft_max, draft_p_min=draft_p_min, skip=skip,
                             search=search or SearchConfig())
         kwargs.setdefault("swa_full", True)   # sliding-window caches must allow rollback
+        # Flash attention makes verification batch-invariant on the CPU: without it, llama.cpp's
+        # attention gives a token's logits that differ (up to ~1.0 on SmolLM2) between a batch of
+        # one and a batch of several, so a verified token could differ from plain decoding.
+        kwargs.setdefault("flash_attn", True)
         with _scratch_sequence_contexts():
             try:
                 super().__init__(model_path, verbose=verbose, **kwargs)
@@ -139,9 +145,11 @@ class SwiftLlama(llama_cpp.Llama):
                  penalize_nl: bool = True, logits_processor=None, stopping_criteria=None, grammar=None):
         """Llama.generate's contract (yields token ids), decoded through SWIFT."""
         unsupported = [name for cond, name in ((typical_p != 1.0, "typical_p"), (mirostat_mode, "mirostat"),
-                                               (logits_processor, "logits_processor"), (grammar, "grammar"),
-                                               (stopping_criteria, "stopping_criteria")) if cond]
+                                               (logits_processor, "logits_processor"), (grammar, "grammar"))
+                       if cond]
         if unsupported:
+            self.last_stats = GenStats(mode=self.engine.config.mode, mode_used="plain",
+                                       reason=f"{', '.join(unsupported)} needs plain llama.cpp sampling")
             warnings.warn(f"{', '.join(unsupported)} not supported by swift-gguf; decoding with plain llama.cpp",
                           stacklevel=2)
             self._input_ids_sync_for_plain()
@@ -156,7 +164,13 @@ class SwiftLlama(llama_cpp.Llama):
         params = self.sampling_params(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                                       repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                       presence_penalty=presence_penalty)
+        history = list(tokens)
         for tok in self.generate_tokens(tokens, params):
+            history.append(tok.id)
+            # llama-cpp-python's chat handlers pass a stop-on-token criterion; swift-gguf has no
+            # per-position scores to give it (an empty array), the token history is complete
+            if stopping_criteria is not None and stopping_criteria(np.asarray(history), _NO_SCORES):
+                return
             yield tok.id
 
     def sampling_params(self, *, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
