@@ -165,13 +165,14 @@ class SwiftLlama(llama_cpp.Llama):
                                       repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                       presence_penalty=presence_penalty)
         history = list(tokens)
-        for tok in self.generate_tokens(tokens, params):
-            history.append(tok.id)
-            # llama-cpp-python's chat handlers pass a stop-on-token criterion; swift-gguf has no
-            # per-position scores to give it (an empty array), the token history is complete
-            if stopping_criteria is not None and stopping_criteria(np.asarray(history), _NO_SCORES):
-                return
-            yield tok.id
+        with contextlib.closing(self.generate_tokens(tokens, params)) as run:
+            for tok in run:
+                history.append(tok.id)
+                # llama-cpp-python's chat handlers pass a stop-on-token criterion; swift-gguf has no
+                # per-position scores to give it (an empty array), the token history is complete
+                if stopping_criteria is not None and stopping_criteria(np.asarray(history), _NO_SCORES):
+                    return
+                yield tok.id
 
     def sampling_params(self, *, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                         repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
@@ -191,11 +192,12 @@ class SwiftLlama(llama_cpp.Llama):
 
         Statistics of the generation are in `last_stats` once the iterator ends or is closed.
         """
+        stats = GenStats(mode=self.engine.config.mode)
+        self.last_stats, self.last_tokens = stats, []
         tokens = self._prompt_tokens(prompt)
         params = params or SamplingParams()
         limit = self._n_ctx - len(tokens) if max_tokens is None or max_tokens <= 0 else max_tokens
-        stats = GenStats(n_prompt=len(tokens))
-        self.last_stats, self.last_tokens = stats, []
+        stats.n_prompt = len(tokens)
         sampler = Sampler(params)
         stream = self._eval_prompt(tokens, sampler, stats)
         run = self.engine.run(stream, sampler, limit, stats)
@@ -245,6 +247,13 @@ class SwiftLlama(llama_cpp.Llama):
 
     def _input_ids_sync_for_plain(self) -> None:
         self.rt.remove(-1, self.n_tokens, -1)
+
+    def reset(self) -> None:
+        """Forget the cached prompt: Llama's view and the KV cache (all sequences)."""
+        super().reset()
+        self._synced = 0
+        if getattr(self, "rt", None) is not None:
+            self.rt.remove(-1, 0, -1)
 
     def close(self) -> None:
         rt = getattr(self, "rt", None)

@@ -217,12 +217,20 @@ class ChatSession:
         return "\n".join(lines)
 
 
-def _format_value(value) -> str:
+def _rounded(value):
+    """value with every float (also inside dicts and lists) cut to 4 significant digits."""
     if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _format_value(value) -> str:
+    value = _rounded(value)
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
 
 
 def _describe_skip(skip) -> str:
@@ -357,17 +365,21 @@ def run_chat(session: ChatSession, color=False, input_fn: Callable[[str], str] |
     if interactive:
         ui.greet()
     while True:
-        try:
-            line = input_fn("> " if interactive else "")
+        try:   # Ctrl-C during a reply is handled by ui.reply; anywhere else it leaves
+            if not _turn(ui, input_fn("> " if interactive else "")):
+                return
         except (EOFError, KeyboardInterrupt):
             if interactive:
                 ui.say("")
             return
-        text = line.strip()
-        if not text:
-            continue
-        if text.startswith("/") and not text.startswith("//"):
-            if not ui.command(text):
-                return
-            continue
-        ui.reply(text[1:] if text.startswith("//") else text)
+
+
+def _turn(ui: ChatUI, line: str) -> bool:
+    """Handle one input line: a /command or a message; returns False when the chat should end."""
+    text = line.strip()
+    if not text:
+        return True
+    if text.startswith("/") and not text.startswith("//"):
+        return ui.command(text)
+    ui.reply(text[1:] if text.startswith("//") else text)
+    return True

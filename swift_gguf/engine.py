@@ -34,7 +34,7 @@ class SpecConfig:
     skip: SkipSet | None = None     # a fixed skip set (no search) when given
     search: SearchConfig = field(default_factory=SearchConfig)
     search_budget: float = 0.02     # share of generation time for the search once a set pays
-    search_budget_max: float = 0.25  # share while the potential gain is large
+    search_budget_max: float = 0.5   # share while the potential gain is large
     margin: float = 0.02            # auto speculates when the predicted speedup > 1 + margin
 
     def __post_init__(self):
@@ -335,16 +335,24 @@ class SwiftEngine:
     # -- search pacing ---------------------------------------------------------------------
 
     def _search_share(self) -> float:
-        """Share of generation time the search may use: more while the potential gain is large."""
-        cfg = self.config
+        """Share of generation time the search may use: more while the potential gain is large.
+
+        Before the importance scan is complete, the gain is estimated from the share of
+        sub-layers found (nearly) free so far: skipping that share at near-perfect acceptance.
+        Afterwards the search only refines: the small budget, halved while nothing pays.
+        """
+        cfg, st = self.config, self.search.state
         if not self.costs.known:
-            return cfg.search_budget
-        optimistic = SkipSet.from_indices(self.rt.n_layer, range(int(0.75 * self.search.n)))
-        s_opt = costmodel.predict(optimistic, 1.0, self.costs, 16)[1]
-        gain = s_opt - max(self.search.state.best_predicted, 1.0)
-        if gain <= 0:
-            return 0.0 if self.search.state.best is None else cfg.search_budget
-        return float(np.clip(0.5 * gain, cfg.search_budget / 2, cfg.search_budget_max))
+            return 0.0
+        known = [x for x in st.importance if x == x]
+        if len(known) < len(st.importance):   # still scanning sub-layer importance
+            if len(known) < 8:
+                return 0.05
+            free = sum(x < 1e-3 for x in known) / len(known)
+            cand = SkipSet.from_indices(self.rt.n_layer, range(int(free * self.search.n)))
+            gain = costmodel.predict(cand, 0.98, self.costs, 16)[1] - 1.0
+            return float(np.clip(gain, cfg.search_budget / 2, cfg.search_budget_max))
+        return cfg.search_budget if st.best_predicted > 1.0 else cfg.search_budget / 2
 
     def _maybe_search(self, stream: Stream, stats: GenStats) -> None:
         if (self.config.mode == "off" or self.config.skip is not None or not self.supported

@@ -37,7 +37,7 @@ from .skipset import SkipSet, n_sublayers
 @dataclass
 class SearchConfig:
     window: int = 50            # W: tokens per matchness probe
-    importance_window: int = 8  # tokens per single-sub-layer probe
+    importance_window: int = 4  # tokens per single-sub-layer probe (cheap: one per sub-layer)
     stop_matchness: float = 0.93
     patience: int = 300
     max_probes: int = 1000
@@ -169,6 +169,7 @@ class LayerSearch:
         """Run one probe on the stream's last tokens (tokens[n_past] is not yet in the KV cache)."""
         if not self.active or not self.costs.known:
             return None
+        self._drop_stale_references(tokens, n_past)
         phase, skip, W = self._next()
         if W + 1 > n_past + 1 or rt.room(n_past) < W:
             return None
@@ -187,6 +188,13 @@ class LayerSearch:
         self._observe(probe)
         self.state.seconds += time.perf_counter() - start
         return probe
+
+    def _drop_stale_references(self, tokens: list[int], n_past: int) -> None:
+        """A reference is only valid while its window is still the stream's text at its positions."""
+        for W, ref in list(self._refs.items()):
+            w = ref.window
+            if w.pos0 + W > n_past or tokens[w.pos0:w.pos0 + W + 1] != w.tokens:
+                del self._refs[W]
 
     # -- scheduling ---------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-import warnings
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -64,10 +64,11 @@ def test_cli_scripted_transcript(model_path, session, spec):
 
 
 def test_cli_eof_ends_cleanly_and_tolerates_bad_input(model_path):
-    result = chat_cli(model_path, b"   \nHel\xfflo\n", "--spec", "off")   # blank line, invalid UTF-8, no /exit
+    # a blank line (ignored), invalid UTF-8, no /exit; --color adds no ANSI codes to a pipe
+    result = chat_cli(model_path, b"   \nHel\xfflo\n", "--spec", "off", "--color")
     assert result.exit_code == 0, result.output
     assert result.stderr.count("tok/s") == 1
-    assert result.stdout.strip()
+    assert result.stdout.strip() and "\x1b[" not in result.output
 
 
 def test_cli_unknown_command_hint(model_path):
@@ -95,10 +96,8 @@ def test_cli_model_without_chat_template(model_path, monkeypatch):
 def test_reply_matches_create_chat_completion(llm, session):
     text = reply_text(session, "What is the capital of France?")
     llm.reset()
-    with warnings.catch_warnings():   # llama-cpp-python's chat handler adds a stopping_criteria
-        warnings.simplefilter("ignore")
-        out = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
-                                         max_tokens=16, temperature=0.0)
+    out = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
+                                     max_tokens=16, temperature=0.0)
     assert text and text == out["choices"][0]["message"]["content"]
     assert session.messages[-1] == {"role": "assistant", "content": text}
 
@@ -144,6 +143,23 @@ def test_interrupted_reply_keeps_partial_text(llm, session):
     partial = session.messages[1]
     assert partial["role"] == "assistant" and partial["content"]
     assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_color_marks_accepted_drafts(model_path, session):
+    from swift_gguf.api import SwiftLlama
+    from swift_gguf.skipset import SkipSet
+    plain = reply_text(session, "Name three colors.")
+    drafter = SwiftLlama(str(model_path), n_ctx=1024, spec="swift", profile=None,
+                         skip=SkipSet.from_lists(30))   # an empty skip set: every draft is exact
+    try:
+        out = io.StringIO()
+        run_chat(ChatSession(drafter, max_tokens=16, sampling=GREEDY), color="always",
+                 input_fn=scripted("Name three colors."), output=out, err=io.StringIO())
+        assert drafter.last_stats.accepted > 0
+    finally:
+        drafter.close()
+    assert "\x1b[32m" in out.getvalue()
+    assert re.sub(r"\x1b\[\d+m", "", out.getvalue()).strip() == plain.strip()
 
 
 def test_ctrl_c_at_prompt_exits_cleanly(session):

@@ -28,6 +28,7 @@ class Pane:
         self.name = "chat"
         self.tmux("new-session", "-d", "-s", self.name, "-x", "160", "-y", "50", command,
                   ";", "set-option", "-t", self.name, "remain-on-exit", "on")
+        self.socket_path = self.tmux("display-message", "-p", "#{socket_path}").strip()
 
     def tmux(self, *args: str) -> str:
         done = subprocess.run([TMUX, "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
@@ -60,10 +61,15 @@ class Pane:
         return self.tmux("display-message", "-p", "-t", self.name, "#{pane_dead}").strip() in ("1", "")
 
     def kill(self) -> None:
-        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        """End the session and this test's private tmux server."""
+        for cmd in (["kill-session", "-t", self.name], ["kill-server"]):
+            subprocess.run([TMUX, "-L", self.socket, *cmd], capture_output=True, timeout=30)
+        if self.socket_path:
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 def at_prompt(screen: str) -> bool:
+    """True when the last non-blank line is the chat's "> " prompt."""
     lines = [line for line in screen.splitlines() if line.strip()]
     return bool(lines) and lines[-1].rstrip() == ">"
 
@@ -99,7 +105,6 @@ def test_chat_in_a_real_terminal(model_path, tmp_path):
 
         pane.type("/exit")
         screen = pane.wait(lambda s: "[exit status" in s, timeout=30, what="the program to end")
-        open("/tmp/screen_%d.txt" % time.time_ns(), "w").write(screen)
         assert "[exit status 0]" in screen
         pane.wait(lambda s: pane.dead(), timeout=30, what="the pane to close")
     finally:
