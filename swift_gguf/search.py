@@ -143,6 +143,7 @@ class LayerSearch:
         self._size_grid: list[int] = []
         self._size_scores: dict[int, float] = {}
         self._opt = None
+        self._told: list[tuple[list[float], float]] = []
         self._epoch_probes = 0
 
     # -- public -----------------------------------------------------------------------------
@@ -216,6 +217,8 @@ class LayerSearch:
         if self._size_grid:
             k = self._size_grid.pop(0)
             return "size", self._prefix(k), W
+        if self._epoch_probes % cfg.bo_every == cfg.bo_every - 1:
+            return "bayes", self._bayes_candidate(st.best or self._prefix(max(1, self.n // 4))), W
         return "refine", self._refine_candidate(), W
 
     def _order(self) -> list[int]:
@@ -239,8 +242,6 @@ class LayerSearch:
     def _refine_candidate(self) -> SkipSet:
         st, cfg = self.state, self.cfg
         best = st.best or self._prefix(max(1, self.n // 4))
-        if self._epoch_probes % cfg.bo_every == cfg.bo_every - 1:
-            return self._bayes_candidate(best)
         idx = set(best.indices())
         outside = [i for i in range(self.n) if i not in idx]
         m = int(self.rng.choice([1, 1, 2, 3, 4]))
@@ -256,14 +257,21 @@ class LayerSearch:
         return SkipSet.from_indices(st.n_layer, idx)
 
     def _optimizer(self):
-        if self._opt is None:
-            from skopt import Optimizer
-            from skopt.space import Real
-            self._opt = Optimizer([Real(0.0, 1.0) for _ in range(self.n)], base_estimator="GP",
-                                  acq_func="LCB", acq_func_kwargs={"kappa": 2.5},
-                                  acq_optimizer="sampling", acq_optimizer_kwargs={"n_points": 2000},
-                                  n_initial_points=1, random_state=self.cfg.seed)
-        return self._opt
+        """A fresh GP optimiser told the most informative past probes (bounded, so fitting stays cheap)."""
+        from skopt import Optimizer
+        from skopt.space import Real
+        told = self._told
+        best = sorted(told, key=lambda xy: xy[1])[:20]
+        recent = told[-60:]
+        pts = {tuple(x): y for x, y in best + recent}
+        opt = Optimizer([Real(0.0, 1.0) for _ in range(self.n)], base_estimator="GP",
+                        acq_func="LCB", acq_func_kwargs={"kappa": 2.5},
+                        acq_optimizer="sampling", acq_optimizer_kwargs={"n_points": 500},
+                        n_initial_points=1, random_state=int(self.rng.integers(1 << 31)))
+        if pts:
+            opt.tell([list(x) for x in pts], list(pts.values()))
+        self._opt = opt
+        return opt
 
     def _bayes_candidate(self, best: SkipSet) -> SkipSet:
         """The GP's suggestion, rounded to its top-K coordinates (K = the best set's size)."""
@@ -272,13 +280,11 @@ class LayerSearch:
         return SkipSet.from_indices(self.state.n_layer, np.argsort(-x)[:k].tolist())
 
     def _tell(self, probe: Probe) -> None:
-        """Every probe is told to the optimiser (the Bayesian step learns from all of them)."""
+        """Every probe is told: the Bayesian step learns from all of them (-predicted speedup)."""
         x = [0.0] * self.n
         for i in probe.skip.indices():
             x[i] = 1.0
-        # fit the GP only when the next candidate is the Bayesian one (fitting is the costly part)
-        fit = self._epoch_probes % self.cfg.bo_every == self.cfg.bo_every - 1
-        self._optimizer().tell(x, -probe.predicted, fit=fit)
+        self._told.append((x, -probe.predicted))
 
     def _observe(self, probe: Probe) -> None:
         st = self.state
@@ -302,7 +308,7 @@ class LayerSearch:
             st.since_improve = 0 if improved else st.since_improve
         else:
             st.since_improve += 1
-        if probe.phase == "refine" or (probe.phase == "size" and not self._size_grid):
+        if probe.phase in ("refine", "bayes") or (probe.phase == "size" and not self._size_grid):
             if (st.best_matchness > self.cfg.stop_matchness or st.since_improve >= self.cfg.patience
                     or st.probes >= self.cfg.max_probes):
                 st.done = True

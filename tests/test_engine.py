@@ -1,0 +1,180 @@
+"""Losslessness of SWIFT decoding against plain decoding, on the real model.
+
+Greedy: token-for-token equality with plain decoding (swift-gguf's `off` mode, itself checked
+against llama-cpp-python's own `Llama.generate`) on the shared prompt set, 128 tokens each,
+across skip sets (empty: every draft accepted; every inner sub-layer: almost none accepted;
+random) and draft lengths 1, 4, 16, in modes swift and auto.
+"""
+from __future__ import annotations
+
+import llama_cpp
+import numpy as np
+import pytest
+
+from swift_gguf.api import SwiftLlama
+from swift_gguf.generation import render_prompt
+from swift_gguf.sampling import SamplingParams
+from swift_gguf.skipset import SkipSet
+
+N_TOKENS = 128
+N_LAYER = 30
+
+
+@pytest.fixture(scope="module")
+def llm(model_path):
+    m = SwiftLlama(str(model_path), n_ctx=1024, spec="off", profile=None)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(llm, bench_prompts):
+    return {p["id"]: render_prompt(llm, p["prompt"], True) for p in bench_prompts}
+
+
+def run(llm, tokens, *, mode, skip=None, draft_max=None, params=None, n=N_TOKENS):
+    cfg = llm.engine.config
+    cfg.mode, cfg.skip, cfg.draft_max = mode, skip, draft_max
+    llm.reset()
+    return [t.id for t in llm.generate_tokens(tokens, params or SamplingParams(), max_tokens=n)]
+
+
+@pytest.fixture(scope="module")
+def plain(llm, prompts):
+    return {pid: run(llm, toks, mode="off") for pid, toks in prompts.items()}
+
+
+def test_off_mode_is_llama_cpp_python_plain_decoding(model_path, prompts, plain):
+    ref = llama_cpp.Llama(str(model_path), n_ctx=1024, flash_attn=True, verbose=False)
+    try:
+        for pid in list(prompts)[:6]:
+            ref.reset()
+            out = []
+            for tok in ref.generate(prompts[pid], temp=0.0):
+                out.append(tok)
+                if len(out) == len(plain[pid]) or llama_cpp.llama_vocab_is_eog(ref._model.vocab, tok):
+                    break
+            assert out == plain[pid], pid
+    finally:
+        ref.close()
+
+
+RANDOM = SkipSet.from_indices(N_LAYER, np.random.default_rng(7).choice(56, size=17, replace=False))
+CASES = {
+    "empty-d4": (SkipSet(N_LAYER), 4),
+    "empty-d16": (SkipSet(N_LAYER), 16),
+    "all-inner-d16": (SkipSet.all_inner(N_LAYER), 16),
+    "random-d1": (RANDOM, 1),
+    "random-d4": (RANDOM, 4),
+    "random-d16": (RANDOM, 16),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_swift_greedy_equals_plain(llm, prompts, plain, case):
+    skip, d = CASES[case]
+    drafted = accepted = 0
+    for pid, toks in prompts.items():
+        out = run(llm, toks, mode="swift", skip=skip, draft_max=d)
+        assert out == plain[pid], f"{case}: prompt {pid} diverges at {first_diff(out, plain[pid])}"
+        st = llm.last_stats
+        assert st.mode_used == "swift" and st.cycles > 0
+        drafted += st.drafted
+        accepted += st.accepted
+    if case.startswith("empty"):
+        assert accepted == drafted > 0              # the full model drafts for itself: all accepted
+    if case.startswith("all-inner"):
+        assert accepted / drafted < 0.1             # a drafter without inner layers is nearly useless
+
+
+def test_auto_greedy_equals_plain_and_stays_plain_on_smollm2(llm, prompts, plain):
+    """auto: lossless, and on this CPU SmolLM2 cannot pay, so it decodes plainly."""
+    llm.engine.search.state.__init__(N_LAYER, llm.engine.search.cfg)
+    for pid, toks in prompts.items():
+        out = run(llm, toks, mode="auto")
+        assert out == plain[pid], f"auto: prompt {pid} diverges at {first_diff(out, plain[pid])}"
+        st = llm.last_stats
+        assert st.mode_used == "plain", (pid, st.reason)
+        assert st.predicted_speedup < 1.0
+    assert llm.engine.search.state.probes > 0         # the search ran alongside, and found nothing that pays
+
+
+def test_token_provenance(llm, prompts, plain):
+    """With an empty skip set every drafted token is accepted: tokens say they came from drafts."""
+    toks = next(iter(prompts.values()))
+    cfg = llm.engine.config
+    cfg.mode, cfg.skip, cfg.draft_max = "swift", SkipSet(N_LAYER), 4
+    llm.reset()
+    got = list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
+    assert [t.id for t in got] == plain[next(iter(prompts))][:32]
+    assert got[0].from_draft is False                  # the first token comes from the prompt's logits
+    assert sum(t.from_draft for t in got) == llm.last_stats.accepted > 0
+
+
+@pytest.mark.parametrize("where", ["draft", "verify"])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupt_leaves_no_mask_and_next_generation_is_lossless(llm, prompts, plain, monkeypatch, where, exc):
+    pid, toks = next(iter(prompts.items()))
+    cfg = llm.engine.config
+    cfg.mode, cfg.skip, cfg.draft_max = "swift", RANDOM, 4
+    rt = llm.rt
+    real_decode = rt.decode
+    calls = {"n": 0}
+
+    def failing_decode(tokens, pos0, **kw):
+        masked = rt.current_mask() != b""
+        if (where == "draft") == masked and len(tokens) < 20:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise exc("interrupted")
+        return real_decode(tokens, pos0, **kw)
+
+    monkeypatch.setattr(rt, "decode", failing_decode)
+    llm.reset()
+    with pytest.raises(exc):
+        for _ in llm.generate_tokens(toks, SamplingParams(), max_tokens=64):
+            pass
+    monkeypatch.setattr(rt, "decode", real_decode)
+    assert rt.current_mask() == b""
+    # no llm.reset(): the next request must repair the KV cache by itself
+    out = [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS)]
+    assert out == plain[pid]
+
+
+def test_stopping_early_keeps_the_cache_consistent(llm, prompts, plain):
+    """A consumer that stops mid-cycle (stop sequence, max_tokens) leaves a usable cache."""
+    pid, toks = next(iter(prompts.items()))
+    cfg = llm.engine.config
+    cfg.mode, cfg.skip, cfg.draft_max = "swift", SkipSet(N_LAYER), 8
+    llm.reset()
+    gen = llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS)
+    first = [next(gen).id for _ in range(7)]
+    gen.close()
+    assert first == plain[pid][:7]
+    # continue from the prompt plus what was consumed: prefix reuse must be exact
+    out = [t.id for t in llm.generate_tokens(toks + first, SamplingParams(), max_tokens=N_TOKENS - 7)]
+    assert out == plain[pid][7:]
+
+
+def test_fixture_with_inserted_blocks_skipped_accepts_everything(fixture_k1, bench_prompts):
+    from benchmarks.redundancy_fixture import inserted_layers
+    llm = SwiftLlama(str(fixture_k1), n_ctx=1024, spec="swift", profile=None, draft_max=8, draft_p_min=0.0)
+    try:
+        ins = [il for il in inserted_layers(30, 1) if il < 59]
+        llm.engine.config.skip = SkipSet.from_lists(60, attention=ins, ffn=ins)
+        for p in bench_prompts[:4]:
+            toks = render_prompt(llm, p["prompt"], True)
+            llm.reset()
+            out = [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=64)]
+            st = llm.last_stats
+            assert st.drafted > 0 and st.accepted == st.drafted, st.summary()
+            llm.engine.config.mode = "off"
+            llm.reset()
+            assert out == [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=64)]
+            llm.engine.config.mode = "swift"
+    finally:
+        llm.close()
+
+
+def first_diff(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))

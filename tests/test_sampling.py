@@ -1,0 +1,102 @@
+"""Sampling under speculation preserves the target distribution (statistical tests).
+
+For each scheme we draw N continuations of a few tokens with different seeds and compare
+the empirical distribution of the tokens at positions 2 and 3 (position 1 comes from the
+prompt's logits in every mode; later positions go through drafting and verification)
+between plain sampling and SWIFT sampling with a chi-square test of homogeneity.
+Significance level: ALPHA = 0.001 per comparison. The same test, with the same sample
+size, detects a small real change of distribution (temperature 1.0 vs 0.85), which
+shows it has the power to catch a biased verifier.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.stats import chi2_contingency
+
+from swift_gguf.api import SwiftLlama
+from swift_gguf.sampling import Sampler, SamplingParams
+from swift_gguf.skipset import SkipSet
+
+ALPHA = 0.001
+N = 300
+PROMPT = "My favourite animal is the"
+
+
+@pytest.fixture(scope="module")
+def llm(model_path):
+    m = SwiftLlama(str(model_path), n_ctx=256, spec="off", profile=None)
+    yield m
+    m.close()
+
+
+def samples(llm, mode, *, skip=None, temp=1.0, n=N, length=3, seed0=0):
+    cfg = llm.engine.config
+    cfg.mode, cfg.skip, cfg.draft_max = mode, skip, 4
+    rows, drafted, accepted = [], 0, 0
+    for i in range(n):
+        params = SamplingParams(temperature=temp, top_k=40, top_p=0.95, min_p=0.05, seed=seed0 + i)
+        rows.append(tuple(t.id for t in llm.generate_tokens(PROMPT, params, max_tokens=length)))
+        drafted += llm.last_stats.drafted
+        accepted += llm.last_stats.accepted
+    return rows, drafted, accepted
+
+
+def homogeneity_p(a: list[tuple], b: list[tuple], pos: int) -> float:
+    """Chi-square p-value that position pos has the same distribution in both samples."""
+    ca, cb = Counter(r[pos] for r in a if len(r) > pos), Counter(r[pos] for r in b if len(r) > pos)
+    keys = sorted(set(ca) | set(cb), key=lambda k: -(ca[k] + cb[k]))
+    table = np.array([[ca[k] for k in keys], [cb[k] for k in keys]], dtype=float)
+    # pool rare categories (expected counts < 5 make chi-square unreliable)
+    big = table.sum(axis=0) >= 10
+    pooled = np.column_stack([table[:, big], table[:, ~big].sum(axis=1)]) if (~big).any() else table
+    pooled = pooled[:, pooled.sum(axis=0) > 0]
+    return float(chi2_contingency(pooled)[1])
+
+
+@pytest.fixture(scope="module")
+def plain_samples(llm):
+    return samples(llm, "off", seed0=10_000)[0]
+
+
+@pytest.mark.parametrize("skip_kind", ["empty", "random"])
+def test_swift_sampling_matches_plain_distribution(llm, plain_samples, skip_kind):
+    skip = SkipSet(30) if skip_kind == "empty" else SkipSet.from_indices(30, range(1, 56, 3))
+    rows, drafted, accepted = samples(llm, "swift", skip=skip, seed0=20_000)
+    assert drafted > N   # speculation really happened
+    if skip_kind == "random":
+        assert accepted / drafted < 0.6   # the case where drafts are often rejected
+    for pos in (1, 2):
+        p = homogeneity_p(plain_samples, rows, pos)
+        assert p > ALPHA, f"position {pos + 1}: distributions differ (p = {p:.2g})"
+
+
+def test_the_test_detects_a_small_bias(llm, plain_samples):
+    """Power check: temperature 0.85 instead of 1.0 is a small change; the same test rejects it."""
+    rows, _, _ = samples(llm, "off", temp=0.85, seed0=30_000)
+    assert min(homogeneity_p(plain_samples, rows, pos) for pos in (1, 2)) < ALPHA
+
+
+def test_seeded_sampling_is_reproducible(llm):
+    skip = SkipSet.from_indices(30, range(1, 56, 3))
+    a = samples(llm, "swift", skip=skip, n=5, length=12, seed0=5)[0]
+    b = samples(llm, "swift", skip=skip, n=5, length=12, seed0=5)[0]
+    assert a == b
+
+
+def test_sampler_processed_distribution():
+    """top-k / top-p / min-p / temperature / penalties on a known distribution."""
+    logits = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05]))
+    ids, probs = Sampler(SamplingParams(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0)).distribution(logits, [])
+    assert list(ids) == [0, 1, 2] and np.allclose(probs, np.array([0.5, 0.2, 0.15]) / 0.85)
+    ids, _ = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=0.7, min_p=0.0)).distribution(logits, [])
+    assert list(ids) == [0, 1]                          # 0.5 + 0.2 reaches 0.7
+    ids, _ = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.25)).distribution(logits, [])
+    assert list(ids) == [0, 1, 2]                       # >= 0.25 * 0.5
+    ids, probs = Sampler(SamplingParams(temperature=0.5, top_k=0, top_p=1.0, min_p=0.0)).distribution(logits, [])
+    assert np.isclose(probs[0], 0.25 / (0.25 + 0.04 + 0.0225 + 0.01 + 0.0025))
+    pen = Sampler(SamplingParams(repeat_penalty=2.0, presence_penalty=0.5)).apply_penalties(np.array([2.0, -1.0, 1.0]), [0, 1])
+    assert np.allclose(pen, [2.0 / 2 - 0.5, -1.0 * 2 - 0.5, 1.0])
+    assert Sampler(SamplingParams()).sample(logits, []) == 0   # greedy

@@ -1,0 +1,200 @@
+"""The layer search: it finds the fixture's inserted blocks, uses its Bayesian step, and its
+profiles survive corruption and concurrent writers."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import warnings
+
+import numpy as np
+import pytest
+
+from swift_gguf import profiles
+from swift_gguf.costmodel import Costs, predict
+from swift_gguf.search import LayerSearch, Probe, SearchConfig, SearchState
+from swift_gguf.skipset import SkipSet, n_sublayers
+
+
+def cpu_like_costs(n_layer: int) -> Costs:
+    """Costs shaped like this CPU's (verification nearly linear in tokens)."""
+    inner = n_layer - 2
+    return Costs(t_plain=0.01, v={2: 1.45, 3: 1.7, 5: 2.4, 9: 3.7}, attn=0.3 / inner, ffn=0.6 / inner)
+
+
+def test_search_finds_the_inserted_blocks_of_the_fixture(fixture_k1, bench_prompts):
+    """Real model, real probes: every chosen sub-layer is an inserted identity, matchness 1.0."""
+    from benchmarks.redundancy_fixture import inserted_layers
+    from swift_gguf.api import SwiftLlama
+    from swift_gguf.optimize import run_optimize
+
+    results = []
+    for _ in range(2):   # reproducible for a fixed seed
+        llm = SwiftLlama(str(fixture_k1), n_ctx=1024, profile=None)
+        try:
+            r = run_optimize(llm, bench_prompts[:3], seed=3, max_probes=200, tokens=64, progress=False)
+        finally:
+            llm.close()
+        results.append(r)
+    r = results[0]
+    inserted = set(inserted_layers(30, 1))
+    chosen = set(r["skip"]["attention"]) | set(r["skip"]["ffn"])
+    assert chosen and chosen <= inserted
+    assert r["matchness"] == 1.0
+    assert len(r["skip"]["attention"]) + len(r["skip"]["ffn"]) >= 40   # most of the 58 free sub-layers
+    assert r["probes"] <= 200 and r["search_done"]
+    assert results[1]["skip"] == r["skip"] and results[1]["probes"] == r["probes"]
+
+
+def run_fake_search(n_layer: int, score, probes: int, seed: int = 0) -> tuple[LayerSearch, list[str]]:
+    """Drive the search with a fake matchness function instead of the model."""
+    state = SearchState(n_layer, SearchConfig(seed=seed, patience=10_000, max_probes=10_000))
+    search = LayerSearch(state, cpu_like_costs(n_layer))
+    improvements = []
+    for _ in range(probes):
+        phase, skip, W = search._next()
+        if phase == "reference":
+            search._refs[W] = object()   # the fake needs no reference pass
+            continue
+        probe = Probe(skip, score(skip), 0.0, 0.0, phase)
+        probe.draft_length, probe.predicted = predict(skip, probe.matchness, search.costs, 8)
+        before = state.best_predicted
+        search._observe(probe)
+        if state.best_predicted > before:
+            improvements.append(phase)
+    return search, improvements
+
+
+def test_bayesian_step_runs_and_every_probe_is_told():
+    n_layer = 12
+    n = n_sublayers(n_layer)
+    target = set(range(0, n, 2))   # the truly free sub-layers of this fake model
+
+    def score(skip: SkipSet) -> float:
+        return float(np.exp(-1.5 * len(set(skip.indices()) - target)))
+
+    search, improvements = run_fake_search(n_layer, score, 150, seed=1)
+    hist = search.state.history
+    bayes = [h for h in hist if h["phase"] == "bayes"]
+    assert len(bayes) >= 4                                      # every 25th candidate
+    told = sum(1 for h in hist if h["phase"] not in ("importance", "rescore"))
+    assert len(search._told) == told                            # every probe told
+    assert search._opt is not None and search._opt.models       # the GP was fitted
+    assert search.state.best_matchness > 0.9
+
+
+def test_bayesian_suggestion_can_win():
+    """Told probes that point at a good set the local moves have not reached: the GP's
+    suggestion (rounded to the best set's size) is that set, and it replaces the best."""
+    n_layer = 12
+    n = n_sublayers(n_layer)
+    target = set(range(5, 15))
+    rng = np.random.default_rng(0)
+    state = SearchState(n_layer, SearchConfig(seed=0))
+    state.importance = [0.5] * n
+    search = LayerSearch(state, cpu_like_costs(n_layer))
+    search._refs[state.config.window] = object()
+    search._size_grid, search._size_scores = [], {10: 0.0}
+    for _ in range(100):   # random sets, scored by their overlap with the target
+        idx = set(rng.choice(n, size=10, replace=False).tolist())
+        x = [1.0 if i in idx else 0.0 for i in range(n)]
+        search._told.append((x, -len(idx & target) / 10))
+    state.best = SkipSet.from_indices(n_layer, range(n - 10, n))   # a poor best set of size 10
+    state.best_predicted, state.best_matchness = 0.1, 0.1
+    suggestion = search._bayes_candidate(state.best)
+    overlap = len(set(suggestion.indices()) & target)
+    assert overlap >= 7   # a random set of 10 overlaps 5 on average
+    probe = Probe(suggestion, 1.0, 0.0, 0.0, "bayes")
+    probe.draft_length, probe.predicted = predict(suggestion, 1.0, search.costs, 8)
+    search._observe(probe)
+    assert state.best == suggestion
+
+
+def test_importance_then_size_picks_the_free_prefix():
+    n_layer = 16
+    n = n_sublayers(n_layer)
+    free = set(range(0, n, 3))
+
+    def score(skip):
+        return 1.0 if set(skip.indices()) <= free else 0.3
+
+    state = SearchState(n_layer, SearchConfig())
+    state.importance = [0.0 if i in free else 0.5 + i / 100 for i in range(n)]
+    search = LayerSearch(state, cpu_like_costs(n_layer))
+    for _ in range(40):
+        phase, skip, W = search._next()
+        if phase == "reference":
+            search._refs[W] = object()
+            continue
+        probe = Probe(skip, score(skip), 0.0, 0.0, phase)
+        probe.draft_length, probe.predicted = predict(skip, probe.matchness, search.costs, 8)
+        search._observe(probe)
+        if state.done:
+            break
+    assert set(state.best.indices()) == free
+    assert state.done and state.best_matchness == 1.0
+
+
+# -- profiles ---------------------------------------------------------------------------------
+
+def make_profile(n_layer=30) -> profiles.Profile:
+    st = SearchState(n_layer)
+    st.importance = [0.1 * i for i in range(n_sublayers(n_layer))]
+    st.importance[3] = float("nan")
+    st.best = SkipSet.from_lists(n_layer, attention=[3, 5], ffn=[7])
+    st.best_matchness, st.best_predicted, st.best_draft_length, st.probes = 0.8, 1.1, 3, 42
+    return profiles.Profile("abc", "cpu", "model", st, cpu_like_costs(n_layer))
+
+
+def test_profile_round_trip(tmp_path):
+    path = tmp_path / "p.json"
+    profiles.save(path, make_profile())
+    got = profiles.load(path, "abc", "cpu", 30)
+    assert got is not None
+    assert got.state.best == make_profile().state.best
+    assert got.state.probes == 42 and np.isnan(got.state.importance[3])
+    assert got.costs.v == cpu_like_costs(30).v
+    d = json.loads(path.read_text())
+    assert d["skip"] == {"attention": [3, 5], "ffn": [7]} and d["version"] == profiles.VERSION
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "version", "other-model", "other-backend", "wrong-layers"])
+def test_bad_profiles_are_ignored_with_a_warning(tmp_path, damage):
+    path = tmp_path / "p.json"
+    profiles.save(path, make_profile())
+    text = path.read_text()
+    if damage == "corrupt":
+        path.write_text("{not json")
+    elif damage == "truncated":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "version":
+        path.write_text(text.replace(f'"version": {profiles.VERSION}', '"version": 999'))
+    model, backend, n_layer = "abc", "cpu", 30
+    if damage == "other-model":
+        model = "zzz"
+    if damage == "other-backend":
+        backend = "CUDA0-ngl99"
+    if damage == "wrong-layers":
+        n_layer = 31
+    with pytest.warns(UserWarning, match="ignoring skip profile"):
+        assert profiles.load(path, model, backend, n_layer) is None
+
+
+def _writer(path: str, i: int) -> None:
+    prof = make_profile()
+    prof.state.probes = i
+    for _ in range(40):
+        profiles.save(__import__("pathlib").Path(path), prof)
+
+
+def test_concurrent_writers_never_corrupt_a_profile(tmp_path):
+    path = tmp_path / "p.json"
+    procs = [multiprocessing.get_context("spawn").Process(target=_writer, args=(str(path), i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = profiles.load(path, "abc", "cpu", 30)
+    assert got is not None and got.state.probes in range(4)
+    assert not list(tmp_path.glob(".*tmp"))
