@@ -207,41 +207,18 @@ class ModelGate:
 
 # -- per-request model settings ----------------------------------------------------------------
 
-def swift_chat_handler(llm):
-    """The chat handler create_chat_completion would use, minus its redundant EOS stopping criterion.
-
-    For a GGUF chat template, Llama builds a Jinja2ChatFormatter with stop_token_ids=[eos],
-    which hands generate() a stopping_criteria; SwiftLlama.generate cannot honour one and
-    falls back to plain llama.cpp (no speculation, no statistics). The engine stops at
-    end-of-generation tokens by itself, so the same formatter without stop_token_ids gives
-    the same text through SWIFT. Returns None where Llama's own choice is used as is.
-    """
-    if llm.chat_handler is not None or llm.chat_format != "chat_template.default":
-        return None
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    def token_text(token: int) -> str:   # as Llama.__init__ computes eos_token / bos_token
-        return llm._model.token_get_text(token) if token != -1 else ""
-
-    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"],
-                               eos_token=token_text(llm.token_eos()),
-                               bos_token=token_text(llm.token_bos())).to_chat_handler()
-
-
 @contextlib.contextmanager
-def request_settings(llm, mode: str | None, chat_handler=None) -> Iterator[None]:
-    """Apply one request's speculation mode (and chat handler) to the model; restore them afterwards."""
+def request_settings(llm, mode: str | None) -> Iterator[None]:
+    """Apply one request's speculation mode to the model; restore it afterwards."""
     config = llm.engine.config
-    saved_mode, saved_handler = config.mode, llm.chat_handler
+    saved_mode = config.mode
     if mode is not None:
         config.mode = mode
-    if chat_handler is not None:
-        llm.chat_handler = chat_handler
     llm.last_stats = None   # so a generation that leaves no statistics does not report the previous one's
     try:
         yield
     finally:
-        config.mode, llm.chat_handler = saved_mode, saved_handler
+        config.mode = saved_mode
 
 
 # -- the HTTP handler --------------------------------------------------------------------------
@@ -360,12 +337,12 @@ class Handler(BaseHTTPRequestHandler):
     def post_completions(self) -> None:
         body = self._read_json()
         prompt = completion_prompt(body)
-        self._generate(body, lambda llm, kw: llm.create_completion(prompt=prompt, **kw), chat=False)
+        self._generate(body, lambda llm, kw: llm.create_completion(prompt=prompt, **kw))
 
     def post_chat_completions(self) -> None:
         body = self._read_json()
         messages = chat_messages(body)
-        self._generate(body, lambda llm, kw: llm.create_chat_completion(messages=messages, **kw), chat=True)
+        self._generate(body, lambda llm, kw: llm.create_chat_completion(messages=messages, **kw))
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -387,14 +364,13 @@ class Handler(BaseHTTPRequestHandler):
         self.server.check_model(body.get("model"))
         return body
 
-    def _generate(self, body: dict, call: Callable[[Any, dict], Any], chat: bool) -> None:
+    def _generate(self, body: dict, call: Callable[[Any, dict], Any]) -> None:
         """Validate the sampling fields, then run `call(llm, kwargs)` alone on the model and answer."""
         kwargs = sampling_kwargs(body)
         mode = speculation_mode(body)
         kwargs["model"] = self.server.model_name   # the name responses report
         llm = self.server.llm
-        handler = self.server.chat_handler if chat else None
-        with self.server.gate.hold(), request_settings(llm, mode, handler):
+        with self.server.gate.hold(), request_settings(llm, mode):
             try:
                 result = call(llm, kwargs)
                 first = next(result, None) if kwargs.get("stream") else None   # a stream evaluates its prompt here
@@ -445,7 +421,6 @@ class SwiftServer(ThreadingHTTPServer):
         self.llm = llm
         self.model_name = model_name or Path(llm.model_path).name
         self.model_aliases = self._aliases(llm.model_path, self.model_name)
-        self.chat_handler = swift_chat_handler(llm)
         self.gate = ModelGate(max_waiting)
         self.stopping = threading.Event()   # set at shutdown: streams end after their current chunk
         self.created = int(time.time())

@@ -114,8 +114,13 @@ def prepare_fixtures(model: Path, kit: Path) -> dict:
     out = {}
     for k in (1, 3):
         path = kit / f"fixture-k{k}.gguf"
+        meta_path = path.with_suffix(".json")
         t0 = time.perf_counter()
-        if path.exists():
+        if path.exists() and meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            meta["reused"] = True
+            n_orig = meta["n_orig_layer"]
+        elif path.exists():
             r = GGUFReader(path, "r")
             arch = r.fields["general.architecture"].contents()
             n_layer = int(r.fields[f"{arch}.block_count"].contents())
@@ -126,6 +131,7 @@ def prepare_fixtures(model: Path, kit: Path) -> dict:
             log(f"building fixture K={k} -> {path}")
             meta = build_fixture(model, path, per_block=k)
             n_orig = meta["n_orig_layer"]
+            write_json(meta_path, {kk: v for kk, v in meta.items() if kk not in ("inserted_layers", "original_layers")})
         meta["inserted_layers"] = inserted_layers(n_orig, k)
         meta["seconds"] = round(time.perf_counter() - t0, 2)
         log(f"fixture K={k}: {meta['n_layer']} layers, {meta['seconds']}s")

@@ -28,7 +28,7 @@ tar xJf .gpukit/src.tar.xz -C /tmp 2>/dev/null \
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $KIT/py .gpukit/wheels/*.whl \
     || { say "FATAL: wheels"; exit 2; }
 cp .gpukit/model.part1 .gpukit/model.sha256 $KIT/
-cat $KIT/KIT_INFO.json
+cat $KIT/KIT_INFO.json; echo
 
 cat > $KIT/build.sh <<'EOF'
 #!/usr/bin/env bash
