@@ -31,6 +31,7 @@ class SpecConfig:
     mode: str = "auto"
     draft_max: int | None = None    # None: chosen from measured verification costs
     draft_p_min: float = 0.8        # epsilon: stop drafting below this top-1 probability
+    adaptive_p_min: bool = True     # drop the confidence stop while low-confidence drafts are accepted
     skip: SkipSet | None = None     # a fixed skip set (no search) when given
     search: SearchConfig = field(default_factory=SearchConfig)
     search_budget: float = 0.02     # share of generation time for the search once a set pays
@@ -137,6 +138,7 @@ class SwiftEngine:
         self._gen_time = 0.0       # seconds spent generating (for the search budget)
         self._promised = 0.0       # acceptance the current set was chosen with
         self._live_accept = (0.0, 0.0)  # decayed (accepted, drafted)
+        self._low_conf = (0.0, 0.0)     # decayed (accepted, seen) drafts below epsilon
 
     # -- which skip set, and whether to speculate ---------------------------------------
 
@@ -263,26 +265,50 @@ class SwiftEngine:
         self.costs.observe_plain(secs)
         return [Token(tok, False)]
 
-    def _draft(self, stream: Stream, d_max: int) -> tuple[list[int], float]:
-        """Draft up to d_max tokens with the skip set; stop after a token below epsilon."""
+    def _draft(self, stream: Stream, d_max: int) -> tuple[list[int], list[float], float]:
+        """Draft up to d_max tokens with the skip set; stop after a token below epsilon.
+
+        Returns (drafts, their top-1 probabilities, seconds)."""
         drafts: list[int] = []
+        probs: list[float] = []
         tok, pos = stream.last, stream.n_past
+        eps = self._epsilon()
         start = time.perf_counter()
         with self.rt.skipping(self.skip.mask()):
             while len(drafts) < d_max:
                 self.rt.decode([tok], pos)
                 tok, p = top1(self.rt.logits(-1))
                 drafts.append(tok)
+                probs.append(p)
                 pos += 1
-                if p < self.config.draft_p_min:
+                if p < eps:
                     break
-        return drafts, time.perf_counter() - start
+        return drafts, probs, time.perf_counter() - start
+
+    def _epsilon(self) -> float:
+        """The confidence threshold in use: epsilon, or 0 while low-confidence drafts are accepted anyway.
+
+        Beyond the reference: a drafter whose low-confidence tokens are still accepted more than
+        90% of the time (a very redundant model) gains nothing from stopping early; confidence is
+        a proxy for acceptance, and the live acceptance of those tokens is the real thing.
+        """
+        acc, n = self._low_conf
+        if self.config.adaptive_p_min and n >= 16 and acc / n > 0.9:
+            return 0.0
+        return self.config.draft_p_min
+
+    def _observe_confidence(self, probs: list[float], n_acc: int) -> None:
+        acc, n = self._low_conf
+        for i, p in enumerate(probs):
+            if p < self.config.draft_p_min:
+                acc, n = 0.97 * acc + (i < n_acc), 0.97 * n + 1
+        self._low_conf = (acc, n)
 
     def _cycle(self, stream: Stream, sampler: Sampler, d_max: int, stats: GenStats) -> list[Token]:
         """One draft/verify cycle; returns the accepted drafts and the verifier's token."""
         rt, n_past = self.rt, stream.n_past
         try:
-            drafts, t_draft = self._draft(stream, d_max)
+            drafts, probs, t_draft = self._draft(stream, d_max)
         finally:
             rt.remove(0, n_past, -1)   # draft KV is partial-model KV: never keep it
         t_v = rt.decode([stream.last, *drafts], n_past, all_logits=True)
@@ -303,6 +329,7 @@ class SwiftEngine:
         del stream.tokens[n_past + 1:]
         stream.tokens.extend(out)
         t_v += time.perf_counter() - t0
+        self._observe_confidence(probs, n_acc)
         self._account(stats, len(drafts), n_acc, t_draft, t_v)
         return [Token(t, i < n_acc) for i, t in enumerate(out)]
 

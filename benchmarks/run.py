@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""The CPU benchmark scenarios behind BENCHMARKS.md (protocol: shared/design/performance-model.md).
+
+    .venv/bin/python benchmarks/run.py                 # all scenarios, ~15 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --only smollm2-auto --limit 4
+
+Each scenario loads its model once and runs `swift_gguf.bench.run_bench` (interleaved plain /
+swift / prompt-lookup runs in one process) and writes benchmarks/results/<scenario>.json.
+Fixture scenarios use the redundancy fixture (benchmarks/redundancy_fixture.py): a test
+instrument, never a real model's result. "scratch" scenarios start without a profile (the
+search runs during the benchmark and its time is included); "profile" scenarios reuse the
+profile the scratch run saved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.redundancy_fixture import build_fixture  # noqa: E402
+from swift_gguf.paths import cache_dir  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+# name: (model, mode, prompts limit, pairs, profile: "scratch" | "reuse" | "none")
+SCENARIOS = {
+    "smollm2-auto": ("smollm2", "auto", None, 3, "scratch"),
+    "smollm2-swift": ("smollm2", "swift", 8, 2, "reuse-optimized"),
+    "fixture-k1-auto-scratch": ("k1", "auto", 8, 2, "scratch"),
+    "fixture-k1-auto-profile": ("k1", "auto", 8, 2, "reuse"),
+    "fixture-k3-auto-scratch": ("k3", "auto", 8, 2, "scratch"),
+    "fixture-k3-auto-profile": ("k3", "auto", 8, 2, "reuse"),
+}
+
+
+def model_path(name: str) -> Path:
+    from swift_gguf.models import resolve_model
+    base = resolve_model("smollm2-135m", progress=False)
+    if name == "smollm2":
+        return base
+    k = int(name[1:])
+    out = cache_dir() / "fixtures" / f"smollm2-135m-identity-k{k}.gguf"
+    if not out.exists():
+        build_fixture(base, out, per_block=k)
+    return out
+
+
+def run_scenario(name: str, profile_dir: Path, limit: int | None, max_tokens: int) -> dict:
+    from swift_gguf.api import SwiftLlama
+    from swift_gguf.bench import run_bench
+    from swift_gguf.optimize import load_prompts, run_optimize
+    model, mode, n_prompts, pairs, prof = SCENARIOS[name]
+    profile = profile_dir / f"{model}.json"
+    if prof == "scratch" and profile.exists():
+        profile.unlink()
+    llm = SwiftLlama(str(model_path(model)), n_ctx=1024, n_threads=2, n_threads_batch=2, spec=mode,
+                     profile=str(profile))
+    try:
+        if prof == "reuse-optimized" and llm.engine.search.state.best is None:
+            run_optimize(llm, load_prompts(None)[:4], max_probes=150, tokens=64, progress=False)
+        prompts = load_prompts(None, default="bench")[: limit or n_prompts or None]
+        t0 = time.perf_counter()
+        result = run_bench(llm, prompts, max_tokens=max_tokens, pairs=pairs, peer=True, mode=mode, progress=True)
+        result["scenario"] = {"name": name, "model": model, "mode": mode, "profile": prof,
+                              "wall_seconds": round(time.perf_counter() - t0, 1),
+                              "command": f"benchmarks/run.py --only {name}"}
+        llm.save_profile()
+    finally:
+        llm.close()
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only these scenarios")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    opts = ap.parse_args(argv)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    profile_dir = Path(tempfile.mkdtemp(prefix="swift-bench-profiles-"))
+    for name in opts.only or list(SCENARIOS):
+        print(f"== {name}", file=sys.stderr, flush=True)
+        result = run_scenario(name, profile_dir, opts.limit, opts.max_tokens)
+        (opts.out / f"{name}.json").write_text(json.dumps(result, indent=1))
+        s = result["summary"]
+        print(f"== {name}: speedup {s['speedup_median']}x (min {s['speedup_min']}, max {s['speedup_max']}), "
+              f"bound {s['bound']}, efficiency {s['efficiency']}, identical {s['identical_outputs']}",
+              file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
