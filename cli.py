@@ -57,7 +57,11 @@ def sampling_options(f):
 
 
 def user_errors(f):
-    """Turn swift-gguf's user-facing errors into click errors: a message and exit code 1, no traceback."""
+    """Turn user-facing errors into click errors: a message and exit code 1, no traceback.
+
+    swift-gguf's own errors carry the cause and the fix; an OSError here is about a path the
+    user gave (--out, --plot, --profile, a busy --port) and is reported with that path.
+    """
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         from swift_gguf.errors import SwiftGGUFError
@@ -65,23 +69,62 @@ def user_errors(f):
             return f(*args, **kwargs)
         except SwiftGGUFError as e:
             raise click.ClickException(str(e)) from None
+        except BrokenPipeError:   # the reader went away (`swift-gguf generate | head -1`): stop quietly
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):   # no real stdout (e.g. under CliRunner)
+                pass
+            sys.exit(1)
+        except OSError as e:
+            what = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{what}{e.strerror or e}.\n"
+                                       "Fix: check the path (its folder must exist and be writable), "
+                                       "the permissions, or the port.") from None
     return wrapper
 
 
-def check_options(ctx_size=None, n_gpu_layers=None, draft_max=None, draft_p_min=None, max_tokens=None, **_):
+def check_options(ctx_size=None, n_gpu_layers=None, draft_max=None, draft_p_min=None, max_tokens=None,
+                  threads=None, top_k=None, top_p=None, min_p=None, repeat_penalty=None, **_):
+    """Reject option values that cannot work, before a model is loaded (click: exit code 2)."""
     if ctx_size is not None and ctx_size < 16:
         raise click.BadParameter(f"{ctx_size}: the context must hold at least 16 tokens", param_hint="--ctx-size")
+    if n_gpu_layers is not None and n_gpu_layers < -1:
+        raise click.BadParameter(f"{n_gpu_layers}: give a number of layers, or -1 for all",
+                                 param_hint="-ngl/--n-gpu-layers")
+    if threads is not None and threads < 1:
+        raise click.BadParameter(f"{threads}: use at least 1 thread (or leave it out)", param_hint="-t/--threads")
     if draft_max is not None and draft_max < 1:
         raise click.BadParameter(f"{draft_max}: draft at least 1 token (or use --spec off)", param_hint="--draft-max")
     if draft_p_min is not None and not 0.0 < draft_p_min <= 1.0:
-        raise click.BadParameter(f"{draft_p_min}: epsilon must be in (0, 1]", param_hint="--draft-p-min")
+        raise click.BadParameter(f"{draft_p_min}: epsilon must be in (0, 1], e.g. 0.8", param_hint="--draft-p-min")
     if max_tokens is not None and max_tokens <= 0:
-        raise click.BadParameter(f"{max_tokens}: generate at least 1 token", param_hint="--max-tokens")
+        raise click.BadParameter(f"{max_tokens}: generate at least 1 token", param_hint="-n/--max-tokens")
+    if top_k is not None and top_k < 0:
+        raise click.BadParameter(f"{top_k}: use 0 (off) or a positive number", param_hint="--top-k")
+    for name, value in (("--top-p", top_p), ("--min-p", min_p)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise click.BadParameter(f"{value}: must be in [0, 1]", param_hint=name)
+    if repeat_penalty is not None and repeat_penalty <= 0:
+        raise click.BadParameter(f"{repeat_penalty}: must be positive (1.0 = off)", param_hint="--repeat-penalty")
+
+
+def check_output_paths(**paths) -> None:
+    """Fail before a long run, not after it, when an output file cannot be written (click: exit code 2)."""
+    for option, value in paths.items():
+        if not value:
+            continue
+        folder = Path(value).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise click.BadParameter(f"{value}: the folder {folder} does not exist; create it or pick another path",
+                                     param_hint=option)
+        if not os.access(folder, os.W_OK):
+            raise click.BadParameter(f"{value}: the folder {folder} is not writable", param_hint=option)
 
 
 def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose, **_):
     """Resolve the model spec and load it as a SwiftLlama (with clear errors)."""
-    check_options(ctx_size=ctx_size, draft_max=draft_max, draft_p_min=draft_p_min)
+    check_options(ctx_size=ctx_size, n_gpu_layers=n_gpu_layers, threads=threads, draft_max=draft_max,
+                  draft_p_min=draft_p_min)
     from swift_gguf.models import resolve_model
     path = resolve_model(model)
     from swift_gguf import native
@@ -151,18 +194,27 @@ def generate(**kw):
     check_options(**kw)
     prompt = kw["prompt"]
     if prompt is None:
+        if sys.stdin.isatty():
+            click.echo("reading the prompt from stdin (end it with Ctrl-D; or pass -p TEXT)", err=True)
         prompt = sys.stdin.buffer.read().decode("utf-8", errors="replace")
     if not prompt.strip():
         raise click.UsageError("the prompt is empty: pass -p TEXT or pipe text on stdin")
     llm = load_model(**split(kw, MODEL_KEYS))
-    from swift_gguf.generation import complete
-    result = complete(llm, prompt, max_tokens=kw["max_tokens"], use_template=kw["use_template"],
-                      stream_to=None if kw["as_json"] else sys.stdout, **sampling_kwargs(**split(kw, SAMPLING_KEYS)))
+    try:
+        from swift_gguf.generation import complete
+        result = complete(llm, prompt, max_tokens=kw["max_tokens"], use_template=kw["use_template"],
+                          stream_to=None if kw["as_json"] else sys.stdout,
+                          **sampling_kwargs(**split(kw, SAMPLING_KEYS)))
+    finally:
+        llm.close()
     if kw["as_json"]:
         click.echo(json.dumps(result))
     else:
         click.echo()
         click.echo(f"[{result['stats_line']}]", err=True)
+        if result["stats"]["stop_reason"] == "context full":
+            click.echo(f"note: stopped at the end of the context ({kw['ctx_size']} tokens); "
+                       "raise -c/--ctx-size for longer output", err=True)
 
 
 @main.command()
@@ -177,12 +229,21 @@ def generate(**kw):
 @user_errors
 def optimize(**kw):
     """Search the skip set offline on calibration prompts and save the profile."""
+    check_options(**kw)
+    if kw["max_probes"] < 1:
+        raise click.BadParameter(f"{kw['max_probes']}: allow at least 1 probe", param_hint="--max-probes")
+    if kw["tokens"] < 1:
+        raise click.BadParameter(f"{kw['tokens']}: generate at least 1 token per prompt", param_hint="--tokens")
+    check_output_paths(**{"--plot": kw["plot"]})
     from swift_gguf.optimize import load_prompts, run_optimize
     prompts = load_prompts(kw["prompts_file"])
     kw["spec"] = "auto"
     llm = load_model(**split(kw, MODEL_KEYS))
-    result = run_optimize(llm, prompts, seed=kw["seed"], max_probes=kw["max_probes"], tokens=kw["tokens"],
-                          progress=not kw["as_json"], plot=kw["plot"])
+    try:
+        result = run_optimize(llm, prompts, seed=kw["seed"], max_probes=kw["max_probes"], tokens=kw["tokens"],
+                              progress=not kw["as_json"], plot=kw["plot"])
+    finally:
+        llm.close()
     if kw["as_json"]:
         click.echo(json.dumps(result))
 
@@ -201,13 +262,21 @@ def optimize(**kw):
 @user_errors
 def bench(**kw):
     """Plain decoding vs swift-gguf (and prompt lookup) on a prompt set, interleaved."""
-    check_options(max_tokens=kw["max_tokens"])
+    check_options(**kw)
+    if kw["pairs"] < 1:
+        raise click.BadParameter(f"{kw['pairs']}: run at least 1 pair", param_hint="--pairs")
+    if kw["limit"] is not None and kw["limit"] < 1:
+        raise click.BadParameter(f"{kw['limit']}: use at least 1 prompt", param_hint="--limit")
+    check_output_paths(**{"--out": kw["out"], "--plot": kw["plot"]})
     from swift_gguf.bench import run_bench
     from swift_gguf.optimize import load_prompts
     prompts = load_prompts(kw["prompts_file"], default="bench")[: kw["limit"] or None]
     llm = load_model(**split(kw, MODEL_KEYS))
-    result = run_bench(llm, prompts, max_tokens=kw["max_tokens"], pairs=kw["pairs"], peer=kw["peer"],
-                       progress=not kw["as_json"], plot=kw["plot"])
+    try:
+        result = run_bench(llm, prompts, max_tokens=kw["max_tokens"], pairs=kw["pairs"], peer=kw["peer"],
+                           progress=not kw["as_json"], plot=kw["plot"])
+    finally:
+        llm.close()
     if kw["out"]:
         Path(kw["out"]).write_text(json.dumps(result, indent=1))
     if kw["as_json"]:
@@ -217,10 +286,11 @@ def bench(**kw):
 @main.command()
 @model_options
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @user_errors
 def serve(**kw):
     """OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions)."""
+    check_options(**kw)
     from swift_gguf.server import serve as run_server
     llm = load_model(**split(kw, MODEL_KEYS))
     run_server(llm, host=kw["host"], port=kw["port"], model_name=kw["model"])

@@ -92,6 +92,9 @@ class SwiftLlama(llama_cpp.Llama):
                                      "Fix: check that the file is a complete GGUF model llama.cpp supports.") from e
         self.model_info = info
         self.rt = Runtime(self._ctx.ctx, self._model.model, n_batch=self.n_batch)
+        # llama.cpp pads n_ctx up (to 256); honour the size asked for, which input_ids holds
+        self._n_ctx = min(self._n_ctx, len(self.input_ids))
+        self.rt.n_ctx = self._n_ctx
         supported, reason = self._layer_skip_support(info.architecture)
         self.backend = self._backend_name(kwargs.get("n_gpu_layers", 0))
         self._profile_path, prof = self._load_profile(profile, config.search)

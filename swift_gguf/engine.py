@@ -139,6 +139,10 @@ class SwiftEngine:
         self._promised = 0.0       # acceptance the current set was chosen with
         self._live_accept = (0.0, 0.0)  # decayed (accepted, drafted)
         self._low_conf = (0.0, 0.0)     # decayed (accepted, seen) drafts below epsilon
+        self._speculating = False       # auto's last decision
+        self._decided_for = None        # what that decision was based on
+        self._reason = ""
+        self._share = (0.0, -1)         # cached search share and the probe count it was computed at
 
     # -- which skip set, and whether to speculate ---------------------------------------
 
@@ -189,10 +193,19 @@ class SwiftEngine:
         if not self.skip:
             return False
         if self._generated < self._backoff_until:
+            stats.reason = self._reason
             return False
+        # while decoding plainly, decide again only every 16 tokens or when the search found a new
+        # set: on a GPU a plain step takes ~1 ms and the decision itself must not cost percent
+        key = (id(self.skip), self.search.state.probes // 16)
+        if not self._speculating and key == self._decided_for and self._generated % 16:
+            stats.reason = self._reason
+            return False
+        self._decided_for = key
         live = self.live_speedup()
         s = live if live is not None else self.predicted_speedup()
-        if s > 1.0 + self.config.margin:
+        self._speculating = s > 1.0 + self.config.margin
+        if self._speculating:
             return True
         if live is not None:   # measured loss: back off, then probe again later
             self._backoff_until = self._generated + self._backoff
@@ -201,6 +214,7 @@ class SwiftEngine:
             stats.reason = f"speculation measured at {live:.2f}x plain; decoding plainly"
         else:
             stats.reason = f"predicted speedup {s:.2f}x does not pay; decoding plainly"
+        self._reason = stats.reason
         return False
 
     # -- the loop ----------------------------------------------------------------------
@@ -385,8 +399,11 @@ class SwiftEngine:
         if (self.config.mode == "off" or self.config.skip is not None or not self.supported
                 or not self.search.active):
             return
-        spent = self.search.state.seconds
-        if spent > self._search_share() * self._gen_time:
+        st = self.search.state
+        if self._share[1] != st.probes or not self.costs.known:
+            self._share = (self._search_share(), st.probes)
+        spent = st.seconds
+        if spent > self._share[0] * self._gen_time:
             return
         before = spent
         self.search.step(self.rt, stream.tokens, stream.n_past)

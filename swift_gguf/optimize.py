@@ -36,7 +36,7 @@ def load_prompts(path: str | None, default: str = "bench") -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SwiftGGUFError(f"{source}, line {lineno}: not valid JSON ({e.msg}).\n"
+            raise SwiftGGUFError(f"{source}, line {lineno}: not valid JSON ({e.msg}); a prompts file is JSONL.\n"
                                  'Fix: one JSON object per line, e.g. {"prompt": "Hello"}.') from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise SwiftGGUFError(f"{source}, line {lineno}: no non-empty \"prompt\" string field.\n"
@@ -45,7 +45,8 @@ def load_prompts(path: str | None, default: str = "bench") -> list[dict]:
         row.setdefault("category", "")
         prompts.append(row)
     if not prompts:
-        raise SwiftGGUFError(f"{source} holds no prompts.")
+        raise SwiftGGUFError(f"{source} holds no prompts.\n"
+                             'Fix: add one JSON object per line, e.g. {"prompt": "Hello"}.')
     return prompts
 
 

@@ -154,7 +154,8 @@ class Bench:
         self.args = args
         self.gpu = not args.cpu
         self.common = dict(n_ctx=args.n_ctx, n_gpu_layers=-1 if self.gpu else 0,
-                           flash_attn=not self.gpu, profile=None, verbose=False)
+                           flash_attn=(not self.gpu) or os.environ.get("GPU_FLASH_ATTN") == "1",
+                           profile=None, verbose=False)
         if args.threads:
             self.common.update(n_threads=args.threads, n_threads_batch=args.threads)
 
