@@ -178,3 +178,29 @@ def test_fixture_with_inserted_blocks_skipped_accepts_everything(fixture_k1, ben
 
 def first_diff(a, b):
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_auto_speculates_where_it_pays_fixture_k3(fixture_k3, bench_prompts):
+    """K=3 (three identity blocks per real block): once the search has found the inserted blocks,
+    auto's measured costs say speculation pays on this CPU, and it speculates, losslessly."""
+    from benchmarks.redundancy_fixture import inserted_layers
+    from swift_gguf.optimize import run_optimize
+    llm = SwiftLlama(str(fixture_k3), n_ctx=1024, spec="auto", profile=None)
+    try:
+        run_optimize(llm, bench_prompts[:2], seed=0, max_probes=400, tokens=48, progress=False)
+        st = llm.engine.search.state
+        chosen = st.best.attention | st.best.ffn
+        assert st.best_matchness == 1.0 and chosen <= set(inserted_layers(30, 3))
+        assert st.best_predicted > 1.0
+        toks = render_prompt(llm, bench_prompts[5]["prompt"], True)
+        llm.reset()
+        out = [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=96)]
+        stats = llm.last_stats
+        # it speculates (a measured loss on a loaded machine may switch it back later: "mixed")
+        assert stats.mode_used in ("swift", "mixed") and stats.cycles > 0, stats.reason
+        assert stats.accepted == stats.drafted > 0
+        llm.engine.config.mode = "off"
+        llm.reset()
+        assert out == [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=96)]
+    finally:
+        llm.close()
