@@ -5,7 +5,6 @@ The engine and the search talk to llama.cpp only through this class.
 """
 from __future__ import annotations
 
-import ctypes
 import time
 from contextlib import contextmanager
 from typing import Iterator, Sequence

@@ -240,7 +240,7 @@ class LayerSearch:
         return sorted(s for s in sizes if 0 < s <= n)
 
     def _refine_candidate(self) -> SkipSet:
-        st, cfg = self.state, self.cfg
+        st = self.state
         best = st.best or self._prefix(max(1, self.n // 4))
         idx = set(best.indices())
         outside = [i for i in range(self.n) if i not in idx]

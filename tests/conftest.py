@@ -64,3 +64,16 @@ def _isolated_profiles(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "profiles_dir", lambda: tmp_path / "profiles")
     import swift_gguf.profiles as profiles
     monkeypatch.setattr(profiles, "profiles_dir", lambda: tmp_path / "profiles")
+
+
+@pytest.fixture(scope="session")
+def granite_model(model_path, tmp_path_factory):
+    """SmolLM2 relabelled as 'granite': a real architecture the layer-skip patch does not cover."""
+    from gguf import GGUFValueType
+    from tests.ggufutil import retarget
+    out = tmp_path_factory.mktemp("granite") / "granite.gguf"
+    return retarget(model_path, out, "granite",
+                    extra={"granite.logit_scale": (1.0, GGUFValueType.FLOAT32),
+                           "granite.residual_scale": (1.0, GGUFValueType.FLOAT32),
+                           "granite.embedding_scale": (1.0, GGUFValueType.FLOAT32),
+                           "granite.attention.scale": (0.125, GGUFValueType.FLOAT32)})

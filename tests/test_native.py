@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGUFValueType
 
 from swift_gguf import native
 from swift_gguf.api import SwiftLlama
@@ -142,18 +141,6 @@ def test_fixture_skipping_inserted_blocks_is_exact(fixture_k1):
         assert np.abs(plain - logits_for(llm, bytes(real), tokens)).max() > 1e-2
     finally:
         llm.close()
-
-
-@pytest.fixture(scope="module")
-def granite_model(model_path, tmp_path_factory):
-    """SmolLM2 relabelled as 'granite': a real architecture the patch does not cover."""
-    from tests.ggufutil import retarget
-    out = tmp_path_factory.mktemp("granite") / "granite.gguf"
-    return retarget(model_path, out, "granite",
-                    extra={"granite.logit_scale": (1.0, GGUFValueType.FLOAT32),
-                           "granite.residual_scale": (1.0, GGUFValueType.FLOAT32),
-                           "granite.embedding_scale": (1.0, GGUFValueType.FLOAT32),
-                           "granite.attention.scale": (0.125, GGUFValueType.FLOAT32)})
 
 
 def test_unsupported_architecture_is_reported_and_decodes_plainly(granite_model):

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from gguf import GGUFValueType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,18 +92,6 @@ def test_gguf_truncated_in_its_tensor_data(model_path, tmp_path):
 def test_unknown_alias():
     out = generate_fails("no-such-alias")
     assert "unknown model 'no-such-alias'" in out and "smollm2-135m" in out and "hf:" in out
-
-
-@pytest.fixture(scope="module")
-def granite_model(model_path, tmp_path_factory):
-    """SmolLM2 relabelled as 'granite': an architecture the layer-skip patch does not cover."""
-    from tests.ggufutil import retarget
-    out = tmp_path_factory.mktemp("granite") / "granite.gguf"
-    return retarget(model_path, out, "granite",
-                    extra={"granite.logit_scale": (1.0, GGUFValueType.FLOAT32),
-                           "granite.residual_scale": (1.0, GGUFValueType.FLOAT32),
-                           "granite.embedding_scale": (1.0, GGUFValueType.FLOAT32),
-                           "granite.attention.scale": (0.125, GGUFValueType.FLOAT32)})
 
 
 def test_architecture_without_mask_support_decodes_plainly(granite_model):
