@@ -158,7 +158,7 @@ def test_stopping_early_keeps_the_cache_consistent(llm, prompts, plain):
 
 def test_fixture_with_inserted_blocks_skipped_accepts_everything(fixture_k1, bench_prompts):
     from benchmarks.redundancy_fixture import inserted_layers
-    llm = SwiftLlama(str(fixture_k1), n_ctx=1024, spec="swift", profile=None, draft_max=8, draft_p_min=0.0)
+    llm = SwiftLlama(str(fixture_k1), n_ctx=1024, spec="swift", profile=None, draft_max=8, draft_p_min=1e-6)
     try:
         ins = [il for il in inserted_layers(30, 1) if il < 59]
         llm.engine.config.skip = SkipSet.from_lists(60, attention=ins, ffn=ins)
