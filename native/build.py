@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from swift_gguf.paths import cache_dir  # noqa: E402  (stdlib only: usable before anything is installed)
 PATCH_DIR = ROOT / "patches"
 BUILD_INFO = "swift-gguf-native.json"  # written into sys.prefix after install
 
@@ -47,13 +49,6 @@ def read_pin(path: Path = PATCH_DIR / "PIN") -> dict:
             key, _, value = line.partition("=")
             pin[key.strip()] = value.strip()
     return pin
-
-
-def cache_dir() -> Path:
-    if os.environ.get("SWIFT_GGUF_HOME"):
-        return Path(os.environ["SWIFT_GGUF_HOME"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "swift-gguf"
 
 
 def patch_files() -> list[Path]:

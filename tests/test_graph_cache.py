@@ -52,19 +52,19 @@ def env(**values):
     """Set environment variables (None removes one) while a context is created; llama.cpp reads
     LLAMA_SWIFT_GRAPH_CACHE and LLAMA_GRAPH_REUSE_DISABLE in the context constructor."""
     old = {k: os.environ.get(k) for k in values}
+    _put_env(values)
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _put_env(old)
+
+
+def _put_env(values: dict) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def load(path, *, cache: str | None = None, reuse: bool = True, n_ctx: int = 512) -> SwiftLlama:

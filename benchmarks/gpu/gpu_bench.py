@@ -69,19 +69,19 @@ def write_json(path: Path, obj) -> None:
 def env_set(values: dict):
     """Set (or, for None, remove) environment variables while a context is created."""
     old = {k: os.environ.get(k) for k in values}
+    _put_env(values)
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _put_env(old)
+
+
+def _put_env(values: dict) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 # -- device / build info ------------------------------------------------------------------------
