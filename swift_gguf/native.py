@@ -1,4 +1,4 @@
-"""The patched llama.cpp symbols swift-gguf adds (patches/0001-layer-skip.patch).
+"""The patched llama.cpp symbols swift-gguf adds (patches/0001-layer-skip.patch and later).
 
 This module alone owns them. Importing it checks that the loaded library has them
 and, if not, says which library was loaded and how to build the patched one.
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .errors import NativeLibraryError
 
-ABI_VERSION = 1
+# 1: layer skip (0001); 2: CPU batches of up to 32 tokens are bit-identical to one-token decoding (0003)
+ABI_VERSION = 2
 BUILD_HINT = "python native/build.py   (or ./bootstrap.sh, which also sets up .venv)"
 
 try:
