@@ -143,6 +143,7 @@ class SwiftEngine:
         self._decided_for = None        # what that decision was based on
         self._reason = ""
         self._share = (0.0, -1)         # cached search share and the probe count it was computed at
+        self._scratch = np.empty(rt.n_vocab, np.float32)   # top1's work buffer
 
     # -- which skip set, and whether to speculate ---------------------------------------
 
@@ -291,7 +292,7 @@ class SwiftEngine:
         with self.rt.skipping(self.skip.mask()):
             while len(drafts) < d_max:
                 self.rt.decode([tok], pos)
-                tok, p = top1(self.rt.logits(-1))
+                tok, p = top1(self.rt.logits(-1), self._scratch)
                 drafts.append(tok)
                 probs.append(p)
                 pos += 1

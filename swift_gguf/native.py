@@ -6,6 +6,7 @@ and, if not, says which library was loaded and how to build the patched one.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import sys
 from pathlib import Path
@@ -78,12 +79,18 @@ def layer_skip_supported(model_ptr) -> bool:
     return bool(_supported(model_ptr))
 
 
+@functools.lru_cache(maxsize=8)
+def _u8_array(n: int) -> type:
+    """ctypes.c_uint8 * n, made once per length (making an array type costs tens of us per draft cycle)."""
+    return ctypes.c_uint8 * n
+
+
 def set_layer_skip(ctx_ptr, mask: bytes | bytearray | None) -> None:
     """Set the skip mask (one byte per layer: ATTN | FFN bits) for following decodes."""
     if not mask:
         _clear_skip(ctx_ptr)
         return
-    buf = (ctypes.c_uint8 * len(mask)).from_buffer_copy(bytes(mask))
+    buf = _u8_array(len(mask)).from_buffer_copy(bytes(mask))
     rc = _set_skip(ctx_ptr, buf, len(mask))
     if rc != 0:
         raise ValueError(f"llama_swift_set_layer_skip: {_SET_ERRORS.get(rc, f'error {rc}')}")

@@ -90,8 +90,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def top1(logits: np.ndarray) -> tuple[int, float]:
-    """(argmax token, its softmax probability): the drafter's choice and confidence."""
+def top1(logits: np.ndarray, scratch: np.ndarray | None = None) -> tuple[int, float]:
+    """(argmax token, its softmax probability): the drafter's choice and confidence.
+
+    scratch (float32, the logits' size) avoids two vocabulary-sized temporaries per call:
+    above malloc's mmap threshold each one costs fresh pages, once per drafted token.
+    """
     i = int(np.argmax(logits))
-    m = float(logits[i])
-    return i, 1.0 / float(np.exp(logits - m, dtype=np.float32).sum())
+    buf = np.empty(logits.shape, np.float32) if scratch is None else scratch
+    np.subtract(logits, logits[i], out=buf)
+    np.exp(buf, out=buf)
+    return i, 1.0 / float(buf.sum())

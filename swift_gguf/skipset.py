@@ -47,14 +47,16 @@ class SkipSet:
 
     def mask(self) -> bytes:
         """One byte per layer for llama_swift_set_layer_skip (empty when nothing is skipped)."""
-        if not self:
-            return b""
-        m = bytearray(self.n_layer)
+        cached = self.__dict__.get("_mask")   # set once per set: drafting asks every cycle
+        if cached is not None:
+            return cached
+        m = bytearray(self.n_layer if self else 0)
         for il in self.attention:
             m[il] |= ATTN
         for il in self.ffn:
             m[il] |= FFN
-        return bytes(m)
+        object.__setattr__(self, "_mask", bytes(m))
+        return self.__dict__["_mask"]
 
     def __len__(self) -> int:
         return len(self.attention) + len(self.ffn)
