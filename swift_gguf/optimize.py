@@ -154,7 +154,7 @@ def plot_search(llm, path: str) -> None:
     a.set_xlabel("layer")
     a.set_ylabel("KL when skipped alone")
     a.legend()
-    hist = [h for h in st.history if h["phase"] not in ("importance",)]
+    hist = [h for h in st.history if h["phase"] not in ("importance", "layer-importance")]
     if hist:
         b.plot([h["probe"] for h in hist], [h["matchness"] for h in hist], ".", label="matchness")
         b.plot([h["probe"] for h in hist], [h["predicted"] for h in hist], "x", label="predicted speedup")

@@ -141,6 +141,24 @@ def test_interrupt_leaves_no_mask_and_next_generation_is_lossless(llm, prompts, 
     assert out == plain[pid]
 
 
+def test_plain_generations_do_not_fund_the_search(llm, prompts):
+    """The search's time allowance is a share of swift/auto generation time only: plain
+    ("off") requests interleaved with auto ones (as in a benchmark) must not enlarge it."""
+    llm.engine.search.state.__init__(N_LAYER, llm.engine.search.cfg)
+    toks = next(iter(prompts.values()))
+    cfg = llm.engine.config
+    cfg.mode, cfg.skip, cfg.draft_max = "off", None, None
+    before = llm.engine._gen_time
+    for _ in range(2):
+        llm.reset()
+        list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
+    assert llm.engine._gen_time == before and llm.engine.search.state.probes == 0
+    cfg.mode = "auto"
+    llm.reset()
+    list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
+    assert llm.engine._gen_time > before
+
+
 def test_stopping_early_keeps_the_cache_consistent(llm, prompts, plain):
     """A consumer that stops mid-cycle (stop sequence, max_tokens) leaves a usable cache."""
     pid, toks = next(iter(prompts.items()))

@@ -64,6 +64,52 @@ def run_fake_search(n_layer: int, score, probes: int, seed: int = 0) -> tuple[La
     return search, improvements
 
 
+def scan_importance(n_layer: int, kl_of, stop_after: int | None = None) -> tuple[LayerSearch, dict[str, int]]:
+    """Drive the importance scan with a fake KL per probed skip set; probes per phase."""
+    state = SearchState(n_layer, SearchConfig())
+    search = LayerSearch(state, cpu_like_costs(n_layer))
+    counts: dict[str, int] = {}
+    while any(np.isnan(state.importance)) and (stop_after is None or sum(counts.values()) < stop_after):
+        phase, skip, W = search._next()
+        if phase == "reference":
+            search._refs[W] = object()
+            continue
+        counts[phase] = counts.get(phase, 0) + 1
+        search._observe(Probe(skip, 1.0, kl_of(skip), 0.0, phase))
+    return search, counts
+
+
+def test_importance_scan_probes_free_layers_whole():
+    """Three of four layers are exact identities (the K=3 fixture's pattern): each layer is
+    probed whole, only the vital ones sub-layer by sub-layer, and the ranking is unchanged."""
+    n_layer = 42
+    vital = {il for il in range(1, n_layer - 1) if il % 4 == 0}
+
+    def kl_of(skip: SkipSet) -> float:
+        return sum(0.3 + 0.01 * il for il in skip.attention | skip.ffn if il in vital)
+
+    search, counts = scan_importance(n_layer, kl_of, stop_after=12)
+    assert search.free_evidence() == (24, 18 / 24)   # 12 layers probed whole, 9 of them free
+    search, counts = scan_importance(n_layer, kl_of)
+    state, inner = search.state, n_layer - 2
+    assert counts == {"layer-importance": inner, "importance": 2 * len(vital)}
+    free = {i for i, k in enumerate(state.importance) if k < 1e-3}
+    assert free == set(SkipSet.from_lists(n_layer, attention=set(range(1, n_layer - 1)) - vital,
+                                          ffn=set(range(1, n_layer - 1)) - vital).indices())
+
+
+def test_importance_scan_falls_back_to_sub_layers_on_a_model_without_free_layers():
+    n_layer = 30
+
+    def kl_of(skip: SkipSet) -> float:
+        return 0.05 * len(skip)
+
+    search, counts = scan_importance(n_layer, kl_of)
+    assert counts == {"layer-importance": 8, "importance": 2 * (n_layer - 2)}   # 8 trial probes only
+    assert all(abs(k - 0.05) < 1e-12 for k in search.state.importance)
+    assert search.free_evidence() == (2 * (n_layer - 2), 0.0)
+
+
 def test_bayesian_step_runs_and_every_probe_is_told():
     n_layer = 12
     n = n_sublayers(n_layer)
@@ -76,7 +122,7 @@ def test_bayesian_step_runs_and_every_probe_is_told():
     hist = search.state.history
     bayes = [h for h in hist if h["phase"] == "bayes"]
     assert len(bayes) >= 4                                      # every 25th candidate
-    told = sum(1 for h in hist if h["phase"] not in ("importance", "rescore"))
+    told = sum(1 for h in hist if h["phase"] not in ("importance", "layer-importance", "rescore"))
     assert len(search._told) == told                            # every probe told
     assert search._opt is not None and search._opt.models       # the GP was fitted
     assert search.state.best_matchness > 0.9
