@@ -5,11 +5,14 @@ and, if not, says which library was loaded and how to build the patched one.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from .errors import NativeLibraryError
 
@@ -77,6 +80,26 @@ _SET_ERRORS = {
 def layer_skip_supported(model_ptr) -> bool:
     """Whether the model's graph builder honours the skip mask."""
     return bool(_supported(model_ptr))
+
+
+@contextlib.contextmanager
+def context_env(**values: str | None) -> Iterator[None]:
+    """Set environment variables (None removes one) while a llama.cpp context is created:
+    llama.cpp reads LLAMA_SWIFT_GRAPH_CACHE and LLAMA_GRAPH_REUSE_DISABLE in its constructor."""
+    old = {k: os.environ.get(k) for k in values}
+    _put_env(values)
+    try:
+        yield
+    finally:
+        _put_env(old)
+
+
+def _put_env(values: dict[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @functools.lru_cache(maxsize=8)

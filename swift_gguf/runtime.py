@@ -43,7 +43,6 @@ class Runtime:
         self.n_batch = n_batch
         self.mem = C.llama_get_memory(ctx_ptr)
         self._batch = C.llama_batch_init(n_batch, 0, 1)
-        self._mask: bytes = b""
         self._row_types: dict[int, type] = {}
         self.decode_calls = 0
 

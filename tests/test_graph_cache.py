@@ -11,15 +11,14 @@ They skip when the loaded library predates patch 0002 (no llama_swift_graph_cach
 from __future__ import annotations
 
 import ctypes
-import os
 import random
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from llama_cpp import llama_cpp as C
 
 from swift_gguf import native
+from swift_gguf.native import context_env
 from swift_gguf.api import SwiftLlama
 from swift_gguf.skipset import SkipSet
 
@@ -47,28 +46,8 @@ def cache_size(llm: SwiftLlama) -> int:
     return int(_cache_size(llm.rt.ctx))
 
 
-@contextmanager
-def env(**values):
-    """Set environment variables (None removes one) while a context is created; llama.cpp reads
-    LLAMA_SWIFT_GRAPH_CACHE and LLAMA_GRAPH_REUSE_DISABLE in the context constructor."""
-    old = {k: os.environ.get(k) for k in values}
-    _put_env(values)
-    try:
-        yield
-    finally:
-        _put_env(old)
-
-
-def _put_env(values: dict) -> None:
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def load(path, *, cache: str | None = None, reuse: bool = True, n_ctx: int = 512) -> SwiftLlama:
-    with env(LLAMA_SWIFT_GRAPH_CACHE=cache, LLAMA_GRAPH_REUSE_DISABLE=None if reuse else "1"):
+    with context_env(LLAMA_SWIFT_GRAPH_CACHE=cache, LLAMA_GRAPH_REUSE_DISABLE=None if reuse else "1"):
         return SwiftLlama(str(path), n_ctx=n_ctx, n_threads=THREADS, n_threads_batch=THREADS, profile=None, spec="off")
 
 

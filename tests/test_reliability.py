@@ -135,20 +135,22 @@ def test_gpu_layers_on_a_cpu_only_build_warn_and_run_on_the_cpu(model_path):
     assert json.loads(r.stdout)["tokens"]
 
 
-@pytest.mark.parametrize("command", ["optimize", "bench"])
-def test_prompts_file_that_is_not_jsonl(model_path, tmp_path, command):
-    path = tmp_path / "prompts.txt"
-    path.write_text('{"prompt": "fine"}\n\nWrite a poem about the sea\n')
-    out = fails(command, "-m", model_path, "--prompts", path, *FAST)
-    assert "line 3" in out and "not valid JSON" in out and '{"prompt": "Hello"}' in out
+BAD_PROMPT_FILES = {
+    # name: (file content, what the message must say)
+    "not-jsonl": ('{"prompt": "fine"}\n\nWrite a poem about the sea\n',
+                  ["line 3", "not valid JSON", '{"prompt": "Hello"}']),
+    "no-prompt-field": ('{"prompt": "fine"}\n{"text": "no prompt here"}\n', ["line 2", '"prompt"', "Fix:"]),
+}
 
 
+@pytest.mark.parametrize("case", list(BAD_PROMPT_FILES))
 @pytest.mark.parametrize("command", ["optimize", "bench"])
-def test_prompts_file_without_a_prompt_field(model_path, tmp_path, command):
+def test_bad_prompts_file(model_path, tmp_path, command, case):
+    content, expected = BAD_PROMPT_FILES[case]
     path = tmp_path / "prompts.jsonl"
-    path.write_text('{"prompt": "fine"}\n{"text": "no prompt here"}\n')
+    path.write_text(content)
     out = fails(command, "-m", model_path, "--prompts", path, *FAST)
-    assert "line 2" in out and '"prompt"' in out and "Fix:" in out
+    assert all(e in out for e in expected), out
 
 
 @pytest.mark.parametrize("command, option", [("bench", "--out"), ("bench", "--plot"), ("optimize", "--plot")])

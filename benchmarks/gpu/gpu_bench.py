@@ -65,25 +65,6 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def env_set(values: dict):
-    """Set (or, for None, remove) environment variables while a context is created."""
-    old = {k: os.environ.get(k) for k in values}
-    _put_env(values)
-    try:
-        yield
-    finally:
-        _put_env(old)
-
-
-def _put_env(values: dict) -> None:
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 # -- device / build info ------------------------------------------------------------------------
 
 def device_info(kit: Path) -> dict:
@@ -161,7 +142,8 @@ class Bench:
 
     def make(self, path: Path, *, spec: str, env: dict | None = None, **kw):
         from swift_gguf.api import SwiftLlama
-        with env_set(env or {}):
+        from swift_gguf.native import context_env
+        with context_env(**(env or {})):
             return SwiftLlama(str(path), spec=spec, **self.common, **kw)
 
 
