@@ -134,7 +134,8 @@ def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_
                    "Build one with CMAKE_ARGS=\"-DGGML_CUDA=on\" python native/build.py", err=True)
         n_gpu_layers = 0
     kwargs = dict(n_ctx=ctx_size, n_gpu_layers=n_gpu_layers, spec=spec, draft_max=draft_max,
-                  draft_p_min=draft_p_min, profile=None if profile == "none" else profile, verbose=verbose)
+                  draft_p_min=draft_p_min, profile=None if profile == "none" else profile, verbose=verbose,
+                  flash_attn=True)   # llama.cpp's tools default to -fa auto: on where the backend supports it
     if threads:
         kwargs.update(n_threads=threads, n_threads_batch=threads)
     return SwiftLlama(str(path), **kwargs)
@@ -293,7 +294,8 @@ def serve(**kw):
     check_options(**kw)
     from swift_gguf.server import serve as run_server
     llm = load_model(**split(kw, MODEL_KEYS))
-    run_server(llm, host=kw["host"], port=kw["port"], model_name=kw["model"])
+    name = Path(kw["model"]).name if kw["model"].endswith(".gguf") else kw["model"]   # a path names its file
+    run_server(llm, host=kw["host"], port=kw["port"], model_name=name)
 
 
 @main.command()

@@ -12,14 +12,14 @@ max_tokens) runs through SWIFT, because `generate()` is the one method replaced.
 from __future__ import annotations
 
 import contextlib
-import threading
+import random
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import llama_cpp
 import numpy as np
-import llama_cpp._internals as internals
 from llama_cpp import llama_cpp as C
 
 from . import native, profiles
@@ -27,41 +27,29 @@ from .engine import GenStats, SpecConfig, Stream, SwiftEngine, Token
 from .errors import ContextFullError, ModelFileError
 from .models import check_gguf, is_recurrent_arch
 from .runtime import Runtime
-from .sampling import Sampler, SamplingParams
+from .sampling import ChainSampler, GreedySampler, SamplingParams, TokenSampler
 from .search import SearchConfig
 from .skipset import SkipSet
 
-_ctx_lock = threading.Lock()
-_NO_SCORES = np.zeros(0, dtype=np.float32)
+_warned_inexact: set[str] = set()
 
 
-@contextlib.contextmanager
-def _scratch_sequence_contexts():
-    """Make Llama create its context with a second sequence on a unified KV cache.
-
-    The search's matchness probes run on a scratch sequence that shares the
-    stream's KV cells (seq_cp), which llama.cpp allows only on a unified cache.
-    Llama does not expose n_seq_max / kv_unified, so its context class is wrapped
-    while the constructor runs.
-    """
-    original = internals.LlamaContext
-
-    class _Context(original):
-        def __init__(self, *, model, params, verbose=True):
-            params.n_seq_max = max(params.n_seq_max, 2)
-            params.kv_unified = True
-            super().__init__(model=model, params=params, verbose=verbose)
-
-    with _ctx_lock:
-        internals.LlamaContext = _Context
-        try:
-            yield
-        finally:
-            internals.LlamaContext = original
+def _warn_inexact_once(backend: str) -> None:
+    if backend in _warned_inexact:
+        return
+    _warned_inexact.add(backend)
+    print(f"swift-gguf: layers are offloaded ({backend}); on this backend llama.cpp's batched verification is "
+          "not bit-identical to one-token decoding, so a speculative output may differ from plain decoding "
+          "where two tokens are nearly tied (the CPU build guarantees identical output). Use --spec off / "
+          "spec=\"off\" where identical output matters.", file=sys.stderr)
 
 
 class SwiftLlama(llama_cpp.Llama):
     """A `Llama` whose generation uses self-speculative decoding by layer skipping.
+
+    Every method of `Llama` keeps its contract (its own tests pass against this class); the
+    tokens come from SWIFT's draft/verify loop, chosen by llama.cpp's own sampler chain, so the
+    output is `Llama`'s output (see README: "When is the output identical").
 
     Args (besides all of `Llama`'s):
         spec: "auto" (default: speculate only where it pays), "swift" (always), "off".
@@ -76,36 +64,60 @@ class SwiftLlama(llama_cpp.Llama):
                  draft_p_min: float = 0.8, skip: SkipSet | None = None,
                  profile: str | Path | None = "auto", search: SearchConfig | None = None,
                  verbose: bool = False, **kwargs):
-        info = check_gguf(model_path)
         config = SpecConfig(mode=spec, draft_max=draft_max, draft_p_min=draft_p_min, skip=skip,
                             search=search or SearchConfig())
-        kwargs.setdefault("swa_full", True)   # sliding-window caches must allow rollback
-        # Flash attention makes verification batch-invariant on the CPU: without it, llama.cpp's
-        # attention gives a token's logits that differ (up to ~1.0 on SmolLM2) between a batch of
-        # one and a batch of several, so a verified token could differ from plain decoding.
-        kwargs.setdefault("flash_attn", True)
-        with _scratch_sequence_contexts():
-            try:
-                super().__init__(model_path, verbose=verbose, **kwargs)
-            except ValueError as e:
-                raise ModelFileError(f"llama.cpp could not load {model_path}: {e}.\n"
-                                     "Fix: check that the file is a complete GGUF model llama.cpp supports.") from e
+        info = check_gguf(model_path)
+        vocab_only = bool(kwargs.get("vocab_only"))
+        # Sliding-window caches must allow rollback. Every other setting keeps Llama's default
+        # (flash_attn too: patch 0003 makes verification batch-invariant with and without it), so
+        # the same arguments give the same output as llama_cpp.Llama.
+        kwargs.setdefault("swa_full", True)
+        try:
+            super().__init__(model_path, verbose=verbose, **kwargs)
+        except ValueError as e:
+            raise ModelFileError(f"llama.cpp could not load {model_path}: {e}.\n"
+                                 "Fix: check that the file is a complete GGUF model llama.cpp supports.") from e
         self.model_info = info
+        self.last_stats: GenStats | None = None
+        self.last_tokens: list[Token] = []
+        self._synced = 0
+        self._profile_saved_at: tuple | None = None
+        self.backend = self._backend_name(kwargs.get("n_gpu_layers", 0))
+        self.exact = native.verification_is_exact(self.backend)
+        if not self.exact:
+            _warn_inexact_once(self.backend)
+        if vocab_only:   # a tokenizer only: nothing to decode with
+            self.rt, self.engine = None, None
+            return
         self.rt = Runtime(self._ctx.ctx, self._model.model, n_batch=self.n_batch)
         # llama.cpp pads n_ctx up (to 256); honour the size asked for, which input_ids holds
         self._n_ctx = min(self._n_ctx, len(self.input_ids))
         self.rt.n_ctx = self._n_ctx
         supported, reason = self._layer_skip_support(info.architecture)
-        self.backend = self._backend_name(kwargs.get("n_gpu_layers", 0))
         self._profile_path, prof = self._load_profile(profile, config.search)
         self.engine = SwiftEngine(self.rt, config, costs=prof.costs if prof else None,
                                   search_state=prof.state if prof else None,
                                   supported=supported, reason=reason)
-        self.last_stats: GenStats | None = None
-        self.last_tokens: list[Token] = []
-        self._synced = 0
+        self._profile_saved_at = self._search_mark()
 
     # -- setup ------------------------------------------------------------------------
+
+    @property
+    def context_params(self):
+        return self._swift_context_params
+
+    @context_params.setter
+    def context_params(self, params) -> None:
+        """Llama.__init__ assigns its llama_context_params here before it creates the context.
+
+        The search's matchness probes run on a scratch sequence that shares the stream's KV
+        cells (seq_cp), which llama.cpp allows only on a unified cache with two sequences;
+        Llama's constructor has no argument for either, so they are set on its own params
+        object (per instance: no global state, safe with other Llama objects being built).
+        """
+        params.n_seq_max = max(params.n_seq_max, 2)
+        params.kv_unified = True
+        self._swift_context_params = params
 
     def _layer_skip_support(self, arch: str) -> tuple[bool, str]:
         if is_recurrent_arch(arch) or C.llama_model_is_recurrent(self._model.model) \
@@ -130,6 +142,12 @@ class SwiftLlama(llama_cpp.Llama):
         self._model_id = model_id
         return path, profiles.load(path, model_id, self.backend, self.rt.n_layer, search)
 
+    def _search_mark(self) -> tuple:
+        """What a saved profile holds of the search; a profile is written only when this changed."""
+        st = self.engine.search.state
+        return (st.probes, st.done, st.best.to_json() if st.best is not None else None,
+                self.engine.costs.known)
+
     def save_profile(self, found_by: str = "on-the-fly search") -> Path | None:
         """Write what the search learned (atomically); returns the path, or None if profiles are off."""
         if self._profile_path is None:
@@ -137,7 +155,104 @@ class SwiftLlama(llama_cpp.Llama):
         prof = profiles.Profile(self._model_id, self.backend, self.model_info.name or Path(self.model_path).name,
                                 self.engine.search.state, self.engine.costs, found_by)
         profiles.save(self._profile_path, prof)
+        self._profile_saved_at = self._search_mark()
         return self._profile_path
+
+    def _save_profile_if_changed(self) -> None:
+        """After a generation: keep what the search learned; a failed write is a warning, not an error."""
+        if self._profile_path is None or self._search_mark() == self._profile_saved_at:
+            return
+        try:
+            self.save_profile()
+        except OSError as e:
+            self._profile_saved_at = self._search_mark()   # warn once per change, not per generation
+            warnings.warn(f"swift-gguf could not save the skip profile to {self._profile_path}: {e}. "
+                          "The search result is kept for this session only. Fix: make the cache "
+                          "directory writable, or set SWIFT_GGUF_HOME.", RuntimeWarning, stacklevel=3)
+
+    @contextlib.contextmanager
+    def speculation(self, mode: str | None = None, **settings) -> Iterator["SwiftLlama"]:
+        """Use another speculation mode (and SpecConfig fields, e.g. skip=...) inside the block.
+
+            with llm.speculation("off"):
+                plain = llm.create_completion(prompt, max_tokens=64, temperature=0)
+        """
+        config = self._require_engine().config
+        changes = dict(settings, **({"mode": mode} if mode is not None else {}))
+        saved = {name: getattr(config, name) for name in changes}
+        for name, value in changes.items():
+            if not hasattr(config, name):
+                raise TypeError(f"unknown speculation setting {name!r}")
+            setattr(config, name, value)
+        try:
+            config.__post_init__()   # validate the new values
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(config, name, value)
+
+    @contextlib.contextmanager
+    def logits_for_every_token(self) -> Iterator["SwiftLlama"]:
+        """Keep every token's logits inside the block, as Llama(logits_all=True) does: what logprobs need.
+
+        The array is allocated lazily (np.zeros maps untouched pages to nothing), so only the rows of
+        the request's tokens cost memory. Cached positions have no stored logits, so the prompt is
+        evaluated afresh.
+        """
+        if self._logits_all:
+            yield self
+            return
+        saved = self.scores
+        self._logits_all = True
+        self.scores = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+        self.n_tokens = self._synced = 0
+        try:
+            yield self
+        finally:
+            self._logits_all = False
+            self.scores = saved
+
+    def _require_engine(self) -> SwiftEngine:
+        if self.engine is None:
+            raise RuntimeError("this SwiftLlama was loaded with vocab_only=True: it can tokenize but not generate.\n"
+                               "Fix: load the model without vocab_only.")
+        return self.engine
+
+    # -- sampling --------------------------------------------------------------------------
+
+    def make_sampler(self, params: SamplingParams, *, grammar=None, logits_processor=None) -> TokenSampler:
+        """The sampler `Llama.generate` would use for these settings (llama.cpp's chain), seeded as Llama seeds.
+
+        Greedy decoding without penalties, grammar or logits processors is an argmax: no chain.
+        """
+        if params.greedy and not params.penalized and grammar is None and logits_processor is None:
+            return GreedySampler(self.rt.logits)
+        if params.seed is not None:
+            self.set_seed(params.seed)
+        chain = self._init_sampler(**params.llama_kwargs(), logits_processor=logits_processor, grammar=grammar)
+        return ChainSampler(chain, self._ctx.ctx, self._show_context if logits_processor is not None else None)
+
+    def _show_context(self, context: Sequence[int]) -> None:
+        """Llama's logits processors read self._input_ids: make it the tokens before the sampled one."""
+        n = len(context)
+        if n > self._synced:
+            self.input_ids[self._synced:n] = context[self._synced:n]
+        self.n_tokens = n
+
+    def sampling_params(self, *, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                        typical_p: float = 1.0, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
+                        presence_penalty: float = 0.0, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
+                        mirostat_eta: float = 0.1, seed: int | None = None) -> SamplingParams:
+        """SamplingParams with llama-cpp-python's names and defaults (temp 0 here: greedy).
+
+        Without a seed, the seed is drawn from the model's seed as create_completion draws it.
+        """
+        if seed is None:
+            seed = random.Random(self._seed).randint(0, 2 ** 32)
+        return SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                              repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                              presence_penalty=presence_penalty, mirostat_mode=mirostat_mode,
+                              mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, seed=seed)
 
     # -- generation ---------------------------------------------------------------------
 
@@ -146,74 +261,77 @@ class SwiftLlama(llama_cpp.Llama):
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, tfs_z: float = 1.0,
                  mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
                  penalize_nl: bool = True, logits_processor=None, stopping_criteria=None, grammar=None):
-        """Llama.generate's contract (yields token ids), decoded through SWIFT."""
-        unsupported = [name for cond, name in ((typical_p != 1.0, "typical_p"), (mirostat_mode, "mirostat"),
-                                               (logits_processor, "logits_processor"), (grammar, "grammar"))
-                       if cond]
-        if unsupported:
-            self.last_stats = GenStats(mode=self.engine.config.mode, mode_used="plain",
-                                       reason=f"{', '.join(unsupported)} needs plain llama.cpp sampling")
-            warnings.warn(f"{', '.join(unsupported)} not supported by swift-gguf; decoding with plain llama.cpp",
-                          stacklevel=2)
-            self._input_ids_sync_for_plain()
-            yield from super().generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-                                        temp=temp, repeat_penalty=repeat_penalty, reset=reset,
-                                        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                        tfs_z=tfs_z, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-                                        mirostat_eta=mirostat_eta, penalize_nl=penalize_nl,
-                                        logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                                        grammar=grammar)
-            return
-        params = self.sampling_params(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                                      repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                                      presence_penalty=presence_penalty)
-        history = list(tokens)
-        with contextlib.closing(self.generate_tokens(tokens, params)) as run:
-            for tok in run:
-                history.append(tok.id)
-                # llama-cpp-python's chat handlers pass a stop-on-token criterion; swift-gguf has no
-                # per-position scores to give it (an empty array), the token history is complete
-                if stopping_criteria is not None and stopping_criteria(np.asarray(history), _NO_SCORES):
-                    return
-                yield tok.id
+        """Llama.generate's contract, decoded through SWIFT.
 
-    def sampling_params(self, *, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                        repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
-                        presence_penalty: float = 0.0, seed: int | None = None) -> SamplingParams:
-        if temp < 0:   # llama-cpp-python: plain softmax sampling
-            temp, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
-        if seed is None and self._seed != C.LLAMA_DEFAULT_SEED:
-            seed = self._seed
-        return SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                              presence_penalty=presence_penalty, penalty_last_n=self.last_n_tokens_size,
-                              seed=seed)
-
-    def generate_tokens(self, prompt: str | bytes | Sequence[int], params: SamplingParams | None = None,
-                        max_tokens: int | None = None) -> Iterator[Token]:
-        """Yield generated tokens, each with whether it came from an accepted draft.
-
-        Statistics of the generation are in `last_stats` once the iterator ends or is closed.
+        As in Llama: every sampled token is yielded, the end-of-generation token included (the
+        caller stops there); `stopping_criteria(input_ids, logits)` sees the tokens before the
+        sampled one and the logits it was sampled from, and ends the generator when true;
+        reset=False continues after the cached tokens. When the generator is closed, the KV
+        cache keeps what Llama's would keep (the prompt and every token but the last yielded,
+        or all yielded tokens when a stopping criterion ended it), so a following call
+        evaluates the same batches as Llama and its output stays Llama's.
         """
-        stats = GenStats(mode=self.engine.config.mode)
-        self.last_stats, self.last_tokens = stats, []
-        tokens = self._prompt_tokens(prompt)
-        params = params or SamplingParams()
-        limit = self._n_ctx - len(tokens) if max_tokens is None or max_tokens <= 0 else max_tokens
-        stats.n_prompt = len(tokens)
-        sampler = Sampler(params)
-        stream = self._eval_prompt(tokens, sampler, stats)
-        run = self.engine.run(stream, sampler, limit, stats)
+        self._require_engine()
+        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                presence_penalty=presence_penalty, mirostat_mode=mirostat_mode,
+                                mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+        tokens = list(tokens) if reset else self._input_ids.tolist() + list(tokens)
+        sampler = self.make_sampler(params, grammar=grammar, logits_processor=logits_processor)
+        consumed = 0   # yielded tokens after which the caller asked for more: Llama has evaluated those
+        run = self.generate_tokens(tokens, sampler=sampler)
         try:
             for tok in run:
-                self.last_tokens.append(tok)
-                self._sync(stream)
-                yield tok
+                q = len(tokens) + consumed   # the sampled token's position
+                row = self.rt.logits(tok.row) if (stopping_criteria is not None or self._logits_all) else None
+                if self._logits_all:
+                    self.scores[q - 1, :] = row
+                if stopping_criteria is not None and stopping_criteria(self.input_ids[:q], np.array(row)):
+                    return
+                yield tok.id
+                consumed += 1
         finally:
             run.close()
-            self._sync(stream)
-            if self.engine.search.state.probes:
-                self.save_profile()
+            sampler.close()
+            self._keep_cached(len(tokens) + consumed)
+
+    def _keep_cached(self, n: int) -> None:
+        """Keep the first n positions in the KV cache (and in Llama's view), drop the rest."""
+        if n < self.n_tokens:
+            self.rt.remove(-1, n, -1)
+            self.n_tokens = self._synced = n
+
+    def generate_tokens(self, prompt: str | bytes | Sequence[int], params: SamplingParams | None = None,
+                        max_tokens: int | None = None, *, sampler: TokenSampler | None = None) -> Iterator[Token]:
+        """Yield generated tokens, each with whether it came from an accepted draft.
+
+        `params` (default: greedy) or a ready `sampler` (`make_sampler`) choose the tokens.
+        Statistics of the generation are in `last_stats` once the iterator ends or is closed.
+        """
+        engine = self._require_engine()
+        stats = GenStats(mode=engine.config.mode, exact=self.exact)
+        self.last_stats, self.last_tokens = stats, []
+        tokens = self._prompt_tokens(prompt)
+        limit = self._n_ctx - len(tokens) if max_tokens is None or max_tokens <= 0 else max_tokens
+        stats.n_prompt = len(tokens)
+        own_sampler = sampler is None
+        if own_sampler:
+            sampler = self.make_sampler(params or SamplingParams())
+        try:
+            stream = self._eval_prompt(tokens, sampler, stats)
+            run = engine.run(stream, sampler, limit, stats)
+            try:
+                for tok in run:
+                    self.last_tokens.append(tok)
+                    self._sync(stream)
+                    yield tok
+            finally:
+                run.close()
+                self._sync(stream)
+                self._save_profile_if_changed()
+        finally:
+            if own_sampler:
+                sampler.close()
 
     def _prompt_tokens(self, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -226,20 +344,31 @@ class SwiftLlama(llama_cpp.Llama):
                                    "Fix: shorten the prompt or raise -c/--ctx-size.")
         return tokens
 
-    def _eval_prompt(self, tokens: list[int], sampler: Sampler, stats: GenStats) -> Stream:
-        """Evaluate the prompt with the full model, reusing the cached common prefix."""
+    def _eval_prompt(self, tokens: list[int], sampler: TokenSampler, stats: GenStats) -> Stream:
+        """Evaluate the prompt with the full model, reusing the cached common prefix as Llama does."""
         keep = 0
         limit = min(self.n_tokens, len(tokens) - 1)   # at least one token is decoded for fresh logits
         while keep < limit and self.input_ids[keep] == tokens[keep]:
             keep += 1
         self.rt.remove(-1, keep, -1)   # also anything a failed or interrupted call left behind
         self.n_tokens = self._synced = keep
-        stats.t_prompt = self.rt.decode(tokens[keep:], keep)
+        stats.t_prompt = self._decode_prompt(tokens, keep)
         self.input_ids[keep:len(tokens)] = tokens[keep:]
         self.n_tokens = self._synced = len(tokens)
-        first = sampler.sample(self.rt.logits(-1), tokens)
+        first = sampler.sample(-1, tokens)
         stats.t_total += stats.t_prompt
         return Stream(list(tokens) + [first], len(tokens))
+
+    def _decode_prompt(self, tokens: list[int], start: int) -> float:
+        """Decode tokens[start:] in Llama's n_batch chunks; with logits_all, keep every row in scores."""
+        if not self._logits_all:
+            return self.rt.decode(tokens[start:], start)
+        secs = 0.0
+        for off in range(start, len(tokens), self.n_batch):
+            chunk = tokens[off:off + self.n_batch]
+            secs += self.rt.decode(chunk, off, all_logits=True)
+            self.scores[off:off + len(chunk), :] = self.rt.logits_rows(len(chunk))
+        return secs
 
     def _sync(self, stream: Stream) -> None:
         """Keep Llama's view (input_ids, n_tokens) equal to what the KV cache holds."""
@@ -247,9 +376,6 @@ class SwiftLlama(llama_cpp.Llama):
         if n > self._synced:
             self.input_ids[self._synced:n] = stream.tokens[self._synced:n]
         self.n_tokens = self._synced = n
-
-    def _input_ids_sync_for_plain(self) -> None:
-        self.rt.remove(-1, self.n_tokens, -1)
 
     def reset(self) -> None:
         """Forget the cached prompt: Llama's view and the KV cache (all sequences)."""
@@ -262,4 +388,8 @@ class SwiftLlama(llama_cpp.Llama):
         rt = getattr(self, "rt", None)
         if rt is not None:
             rt.close()
-        super().close()
+        if hasattr(self, "_stack"):   # absent when __init__ failed before Llama set it up
+            super().close()
+
+    def __del__(self) -> None:
+        self.close()

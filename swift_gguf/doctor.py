@@ -37,6 +37,9 @@ def collect() -> dict:
             cmake_args=build.get("cmake_args", []),
             backends=native.backends(),
             gpu_offload=native.gpu_offload_supported(),
+            # per backend device: is speculative output guaranteed identical to plain decoding?
+            identical_output={b: native.verification_is_exact("cpu" if b.upper().startswith("CPU") else b)
+                              for b in native.backends()},
             system_info=llama_cpp.llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
         )
         if report["cpu_features"] and any(f.startswith("amx") for f in report["cpu_features"]):
@@ -61,6 +64,10 @@ def render(report: dict) -> str:
                   f"  library: {report['library']}",
                   f"  backends: {', '.join(report['backends'])}; GPU offload: {report['gpu_offload']}",
                   f"  cmake args: {' '.join(report['cmake_args'])}"]
+        for dev, exact in report.get("identical_output", {}).items():
+            lines.append(f"  {dev}: speculative output " + ("identical to plain decoding (batch-invariant verification)"
+                                                           if exact else "may differ from plain decoding at near-ties "
+                                                           "(verification batches are not bit-identical here)"))
     else:
         lines.append(f"  {report.get('error', '')}")
     lines.append(f"cpu features: {', '.join(report['cpu_features'])}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import costmodel
 from .costmodel import Costs
-from .sampling import Sampler, top1
+from .sampling import TokenSampler, top1
 from .search import LayerSearch, SearchConfig, SearchState
 from .skipset import SkipSet
 
@@ -51,6 +51,7 @@ class SpecConfig:
 class Token(NamedTuple):
     id: int
     from_draft: bool   # True when the token was drafted and accepted by the verifier
+    row: int = -1      # the row of the last decode's logits it was chosen from (valid until the next decode)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class GenStats:
     predicted_speedup: float = 0.0
     draft_max: int = 0
     costs: dict = field(default_factory=dict)
+    exact: bool = True   # False where the backend's verification batches are not bit-identical (CUDA)
 
     @property
     def acceptance_rate(self) -> float:
@@ -105,6 +107,8 @@ class GenStats:
                   f" {self.mean_accepted:.2f} per cycle")
         if self.reason:
             s += f" ({self.reason})"
+        if self.drafted and not self.exact:
+            s += "; speculative output may differ from plain decoding at near-ties on this backend"
         return s
 
 
@@ -221,14 +225,12 @@ class SwiftEngine:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def run(self, stream: Stream, sampler: Sampler, max_tokens: int, stats: GenStats) -> Iterator[Token]:
+    def run(self, stream: Stream, sampler: TokenSampler, max_tokens: int, stats: GenStats) -> Iterator[Token]:
         """Generate up to max_tokens after stream's pending token (which is emitted first)."""
         stats.mode = self.config.mode
         start = time.perf_counter()
         used = set()
         try:
-            if self.config.mode != "off" and self.supported and not self.costs.known:
-                self.calibrate(stream)
             emitted = 0
             first = stream.last
             stats.tokens += 1
@@ -237,6 +239,9 @@ class SwiftEngine:
             if self.rt.is_eog(first):
                 stats.stop_reason = "eos"
                 return
+            # after the first yield: the consumer reads that token's logits row before any decode
+            if self.config.mode != "off" and self.supported and not self.costs.known and emitted < max_tokens:
+                self.calibrate(stream)
             while emitted < max_tokens:
                 if self.rt.room(stream.n_past) < 2:
                     stats.stop_reason = "context full"
@@ -271,9 +276,9 @@ class SwiftEngine:
             stats.costs = self.costs.to_json()
             stats.search_probes = self.search.state.probes
 
-    def _plain_step(self, stream: Stream, sampler: Sampler, stats: GenStats) -> list[Token]:
+    def _plain_step(self, stream: Stream, sampler: TokenSampler, stats: GenStats) -> list[Token]:
         secs = self.rt.decode([stream.last], stream.n_past)
-        tok = sampler.sample(self.rt.logits(-1), stream.tokens)
+        tok = sampler.sample(-1, stream.tokens)
         stream.n_past += 1
         del stream.tokens[stream.n_past:]
         stream.tokens.append(tok)
@@ -321,7 +326,7 @@ class SwiftEngine:
                 acc, n = 0.97 * acc + (i < n_acc), 0.97 * n + 1
         self._low_conf = (acc, n)
 
-    def _cycle(self, stream: Stream, sampler: Sampler, d_max: int, stats: GenStats) -> list[Token]:
+    def _cycle(self, stream: Stream, sampler: TokenSampler, d_max: int, stats: GenStats) -> list[Token]:
         """One draft/verify cycle; returns the accepted drafts and the verifier's token."""
         rt, n_past = self.rt, stream.n_past
         try:
@@ -329,17 +334,16 @@ class SwiftEngine:
         finally:
             rt.remove(0, n_past, -1)   # draft KV is partial-model KV: never keep it
         t_v = rt.decode([stream.last, *drafts], n_past, all_logits=True)
-        rows = rt.logits_rows(len(drafts) + 1)
         t0 = time.perf_counter()
         history = stream.tokens   # == tokens[:n_past + 1]; the accepted tokens extend it below
         out: list[int] = []
         for i, d in enumerate(drafts):
-            t = sampler.sample(rows[i], history + out if sampler.params.penalized else history)
+            t = sampler.sample(i, history + out if out else history)
             out.append(t)
             if t != d:
                 break
         else:
-            out.append(sampler.sample(rows[len(drafts)], history + out if sampler.params.penalized else history))
+            out.append(sampler.sample(len(drafts), history + out))
         n_acc = len(out) - 1
         rt.remove(0, n_past + n_acc + 1, -1)   # rejected positions
         stream.n_past = n_past + n_acc + 1
@@ -348,7 +352,7 @@ class SwiftEngine:
         t_v += time.perf_counter() - t0
         self._observe_confidence(probs, n_acc)
         self._account(stats, len(drafts), n_acc, t_draft, t_v)
-        return [Token(t, i < n_acc) for i, t in enumerate(out)]
+        return [Token(t, i < n_acc, i) for i, t in enumerate(out)]
 
     def _account(self, stats: GenStats, drafted: int, n_acc: int, t_draft: float, t_verify: float) -> None:
         stats.cycles += 1

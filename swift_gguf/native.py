@@ -163,3 +163,15 @@ def backends() -> list[str]:
 def gpu_offload_supported() -> bool:
     """Whether this build can offload layers to a GPU (CUDA, Metal, ...)."""
     return bool(_llama_cpp.llama_supports_gpu_offload())
+
+
+# Backends whose verification batches (up to 32 tokens) compute every row bit for bit as a
+# one-token decode does (patch 0003). Elsewhere (CUDA: per-batch-size matmul kernels, issue #17)
+# greedy speculative output can differ from plain decoding at near-ties.
+EXACT_BACKENDS = ("cpu",)
+
+
+def verification_is_exact(backend: str) -> bool:
+    """Whether speculative output on `backend` (SwiftLlama.backend, e.g. "cpu", "CUDA0-ngl-1") is
+    guaranteed to equal plain decoding's."""
+    return backend.lower() in EXACT_BACKENDS

@@ -73,13 +73,9 @@ def run_optimize(llm, prompts: list[dict], *, seed: int = 0, max_probes: int = 4
             if search.state.probes - probes0 >= max_probes:
                 break
             rendered = render_prompt(llm, p["prompt"], use_template)
-            mode = engine.config.mode
-            engine.config.mode = "off"   # generate the calibration text plainly: all time goes to probes
-            try:
+            with llm.speculation("off"):   # generate the calibration text plainly: all time goes to probes
                 for _ in llm.generate_tokens(rendered, llm.sampling_params(temp=0.0), max_tokens=tokens):
                     pass
-            finally:
-                engine.config.mode = mode
             if llm.n_tokens < search.needs():
                 continue
             stream = _stream_of(llm)

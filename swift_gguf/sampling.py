@@ -1,93 +1,101 @@
-"""Token selection: greedy, or sampling from the target's processed distribution.
+"""Token selection for the verifier: llama.cpp's own sampler chain, built as llama-cpp-python builds it.
 
-The speculative verifier needs the *processed* distribution at each verified
-position (after penalties, top-k, top-p, min-p, temperature), so sampling is done
-here in numpy rather than in llama.cpp's sampler chain. The order follows
-llama-cpp-python's chain: penalties -> top-k -> top-p -> min-p -> temperature -> draw.
-Plain decoding in swift-gguf uses this same sampler, so speculative and plain
-outputs come from the same distribution.
+Every emitted token, plain or speculative, is chosen by one call of a `TokenSampler` on one
+row of the last decode's logits. The speculative verifier samples each verified position in
+order and accepts a draft while the sample equals it, so each position takes exactly the draw
+plain decoding would take there: with the same seed, speculative output equals plain output
+token for token, and equals `llama_cpp.Llama`'s (same chain: penalties, grammar, logits
+processors, top-k / typical / top-p / min-p / temperature, mirostat, its RNG).
+
+Greedy decoding without penalties, grammar or logits processors reduces llama.cpp's chain to
+an argmax (its greedy sampler keeps the first maximum, as numpy's argmax does): that case skips
+the chain's per-call copy of the vocabulary.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
+from llama_cpp import llama_cpp as C
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0  # <= 0: greedy (argmax)
+    """Sampling settings, named and defaulted as llama-cpp-python's `create_completion` names them."""
+    temperature: float = 0.0  # 0: greedy; < 0: sample from the untruncated softmax
     top_k: int = 40           # <= 0: off
     top_p: float = 0.95       # >= 1: off
     min_p: float = 0.05       # <= 0: off
+    typical_p: float = 1.0
     repeat_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    penalty_last_n: int = 64
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
     seed: int | None = None
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature == 0.0
 
     @property
     def penalized(self) -> bool:
         return (self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0
                 or self.presence_penalty != 0.0)
 
-
-class Sampler:
-    """Chooses the next token from a row of logits and the token history."""
-
-    def __init__(self, params: SamplingParams):
-        self.params = params
-        self.rng = np.random.default_rng(params.seed)
-
-    def apply_penalties(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
-        p = self.params
-        if not p.penalized or p.penalty_last_n == 0 or not history:
-            return logits
-        recent = np.asarray(history[-p.penalty_last_n:] if p.penalty_last_n > 0 else history)
-        ids, counts = np.unique(recent, return_counts=True)
-        out = logits.copy()
-        vals = out[ids]
-        vals = np.where(vals <= 0, vals * p.repeat_penalty, vals / p.repeat_penalty)
-        vals -= counts * p.frequency_penalty + p.presence_penalty
-        out[ids] = vals
-        return out
-
-    def distribution(self, logits: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(candidate token ids, their probabilities) of the processed distribution."""
-        p = self.params
-        x = self.apply_penalties(np.asarray(logits, dtype=np.float64), history)
-        if 0 < p.top_k < x.size:
-            ids = np.argpartition(-x, p.top_k - 1)[:p.top_k]
-        else:
-            ids = np.arange(x.size)
-        ids = ids[np.argsort(-x[ids], kind="stable")]
-        vals = x[ids]
-        if p.top_p < 1.0:
-            probs = _softmax(vals)
-            keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
-            ids, vals = ids[:keep], vals[:keep]
-        if p.min_p > 0.0:
-            # min-p on the untempered distribution: keep tokens with prob >= min_p * max prob
-            keep = vals >= vals[0] + np.log(p.min_p)
-            ids, vals = ids[keep], vals[keep]
-        return ids, _softmax(vals / p.temperature)
-
-    def sample(self, logits: np.ndarray, history: Sequence[int]) -> int:
-        """The next token: argmax when greedy, else a draw from the processed distribution."""
-        if self.params.greedy:
-            return int(np.argmax(self.apply_penalties(logits, history)))
-        ids, probs = self.distribution(logits, history)
-        return int(ids[self.rng.choice(ids.size, p=probs)])
+    def llama_kwargs(self) -> dict:
+        """These settings as `Llama._init_sampler` / `Llama.generate` keyword arguments."""
+        return dict(temp=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                    typical_p=self.typical_p, repeat_penalty=self.repeat_penalty,
+                    frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                    mirostat_mode=self.mirostat_mode, mirostat_tau=self.mirostat_tau,
+                    mirostat_eta=self.mirostat_eta)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
+class TokenSampler(Protocol):
+    """Chooses the token that follows `context` from row `row` of the last decode's logits."""
+
+    def sample(self, row: int, context: Sequence[int]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class GreedySampler:
+    """argmax of the row: what llama.cpp's chain [penalties (neutral), greedy] returns."""
+
+    def __init__(self, logits: Callable[[int], np.ndarray]):
+        self._logits = logits
+
+    def sample(self, row: int, context: Sequence[int]) -> int:
+        return int(np.argmax(self._logits(row)))
+
+    def close(self) -> None:
+        pass
+
+
+class ChainSampler:
+    """llama.cpp's sampler chain (a llama-cpp-python `LlamaSampler`) applied to one row.
+
+    `llama_sampler_sample` applies the chain to the row, draws, and accepts the token into the
+    chain's state (penalty window, grammar, mirostat): called once per emitted token, in order,
+    the state always follows the emitted text. `before(context)` runs first when given (it shows
+    Python logits processors the history they expect).
+    """
+
+    def __init__(self, chain, ctx, before: Callable[[Sequence[int]], None] | None = None):
+        self._chain = chain
+        self._ctx = ctx
+        self._before = before
+
+    def sample(self, row: int, context: Sequence[int]) -> int:
+        if self._before is not None:
+            self._before(context)
+        return int(C.llama_sampler_sample(self._chain.sampler, self._ctx, row))
+
+    def close(self) -> None:
+        self._chain.close()
 
 
 def top1(logits: np.ndarray, scratch: np.ndarray | None = None) -> tuple[int, float]:

@@ -7,9 +7,12 @@
 
 The /v1 prefix is optional. Requests take OpenAI's fields (prompt/messages,
 max_tokens, temperature, top_p, stop, seed, stream, presence_penalty,
-frequency_penalty) plus llama.cpp's top_k, min_p and repeat_penalty, and
-`"speculative": "off" | "swift" | "auto"` (or true/false = auto/off) to choose the
-speculation mode for that request. Responses carry llama.cpp-server-style
+frequency_penalty, logit_bias, logprobs, top_logprobs, echo, response_format, n=1),
+llama.cpp's top_k, min_p, typical_p, repeat_penalty, mirostat_* and grammar (GBNF),
+and `"speculative": "off" | "swift" | "auto"` (or true/false = auto/off) to choose the
+speculation mode for that request. A field the server does not implement is answered
+with HTTP 400 naming it, never ignored. Any model name is accepted (one model is
+served; /v1/models gives its name). Responses carry llama.cpp-server-style
 `"timings"` and a `"swift"` object with the generation's statistics; a stream
 carries them in its final chunk (the one with a finish_reason).
 
@@ -70,35 +73,95 @@ def _is_stop(v: Any) -> bool:
     return isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))
 
 
-# Fields passed through to create_completion / create_chat_completion: name -> (check, what it must be).
+def _is_logit_bias(v: Any) -> bool:
+    return isinstance(v, dict) and all(str(k).lstrip("-").isdigit() and _is_number(x) for k, x in v.items())
+
+
+def _is_response_format(v: Any) -> bool:
+    return isinstance(v, dict) and v.get("type") in ("text", "json_object", "json_schema")
+
+
+# Fields passed to create_completion / create_chat_completion: name -> (check, what it must be).
 SAMPLING_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_tokens": (_is_int, "an integer"),
     "temperature": (_is_number, "a number"),
     "top_p": (_is_number, "a number"),
     "top_k": (_is_int, "an integer"),
     "min_p": (_is_number, "a number"),
+    "typical_p": (_is_number, "a number"),
     "stop": (_is_stop, "a string or a list of strings"),
     "seed": (_is_int, "an integer"),
     "stream": (lambda v: isinstance(v, bool), "a boolean"),
     "presence_penalty": (_is_number, "a number"),
     "frequency_penalty": (_is_number, "a number"),
     "repeat_penalty": (_is_number, "a number"),
+    "mirostat_mode": (_is_int, "an integer (0, 1 or 2)"),
+    "mirostat_tau": (_is_number, "a number"),
+    "mirostat_eta": (_is_number, "a number"),
+    "logit_bias": (_is_logit_bias, "an object mapping token ids to numbers"),
 }
+# Per endpoint, the fields that only it takes.
+COMPLETION_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logprobs": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer from 0 to 20"),
+    "echo": (lambda v: isinstance(v, bool), "a boolean"),
+}
+CHAT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
+    "top_logprobs": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer from 0 to 20"),
+    "response_format": (_is_response_format, 'an object with "type": "text", "json_object" or "json_schema"'),
+}
+# Fields read elsewhere, or that cannot change the output.
+OTHER_FIELDS = {"model", "prompt", "messages", "speculative", "grammar", "n", "max_completion_tokens",
+                "user", "stream_options", "store", "metadata", "service_tier"}
 
 
-def sampling_kwargs(body: dict) -> dict:
-    """The known sampling fields of a request, type-checked; null counts as absent (client defaults)."""
+def sampling_kwargs(body: dict, endpoint_fields: dict | None = None) -> dict:
+    """The request's generation fields, type-checked; null counts as absent (client defaults).
+
+    A field this server does not implement is refused (400, naming it) rather than ignored:
+    ignoring it would silently answer another question than the one asked.
+    """
+    endpoint_fields = endpoint_fields or {}
+    fields = {**SAMPLING_FIELDS, **endpoint_fields}
+    unknown = sorted(k for k, v in body.items() if v is not None and k not in fields and k not in OTHER_FIELDS)
+    if unknown:
+        raise ApiError(400, f"unsupported field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                            "this server would ignore it and answer differently than asked; drop it")
+    if body.get("n") not in (None, 1):
+        raise ApiError(400, "'n' must be 1: this server generates one choice per request")
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
         body = {**body, "max_tokens": body["max_completion_tokens"]}   # OpenAI's newer name
     kwargs = {}
-    for name, (check, what) in SAMPLING_FIELDS.items():
+    for name, (check, what) in fields.items():
         value = body.get(name)
         if value is None:
             continue
         if not check(value):
             raise ApiError(400, f"'{name}' must be {what}, got {json.dumps(value)[:80]}")
         kwargs[name] = value
+    if "logit_bias" in kwargs:
+        kwargs["logit_bias"] = {int(k): float(v) for k, v in kwargs["logit_bias"].items()}
+    if "mirostat_mode" in kwargs and kwargs["mirostat_mode"] not in (0, 1, 2):
+        raise ApiError(400, "'mirostat_mode' must be 0, 1 or 2")
+    grammar = body.get("grammar")
+    if grammar is not None:
+        kwargs["grammar"] = parse_grammar(grammar)
     return kwargs
+
+
+def parse_grammar(text: Any):
+    """A GBNF grammar (llama.cpp server's "grammar" field) as a LlamaGrammar; 400 if it does not parse."""
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "'grammar' must be a GBNF grammar string")
+    from llama_cpp import LlamaGrammar
+    try:
+        return LlamaGrammar.from_string(text, verbose=False)
+    except (ValueError, RuntimeError) as e:
+        raise ApiError(400, f"'grammar' does not parse as GBNF: {e}") from None
+
+
+def wants_logprobs(kwargs: dict) -> bool:
+    return kwargs.get("logprobs") not in (None, False)
 
 
 def speculation_mode(body: dict) -> str | None:
@@ -208,17 +271,11 @@ class ModelGate:
 # -- per-request model settings ----------------------------------------------------------------
 
 @contextlib.contextmanager
-def request_settings(llm, mode: str | None) -> Iterator[None]:
-    """Apply one request's speculation mode to the model; restore it afterwards."""
-    config = llm.engine.config
-    saved_mode = config.mode
-    if mode is not None:
-        config.mode = mode
+def request_settings(llm, mode: str | None, logprobs: bool = False) -> Iterator[None]:
+    """Apply one request's speculation mode (and logits for every token, for logprobs); restore afterwards."""
     llm.last_stats = None   # so a generation that leaves no statistics does not report the previous one's
-    try:
+    with llm.speculation(mode), (llm.logits_for_every_token() if logprobs else contextlib.nullcontext()):
         yield
-    finally:
-        config.mode = saved_mode
 
 
 # -- the HTTP handler --------------------------------------------------------------------------
@@ -337,12 +394,12 @@ class Handler(BaseHTTPRequestHandler):
     def post_completions(self) -> None:
         body = self._read_json()
         prompt = completion_prompt(body)
-        self._generate(body, lambda llm, kw: llm.create_completion(prompt=prompt, **kw))
+        self._generate(body, COMPLETION_FIELDS, lambda llm, kw: llm.create_completion(prompt=prompt, **kw))
 
     def post_chat_completions(self) -> None:
         body = self._read_json()
         messages = chat_messages(body)
-        self._generate(body, lambda llm, kw: llm.create_chat_completion(messages=messages, **kw))
+        self._generate(body, CHAT_FIELDS, lambda llm, kw: llm.create_chat_completion(messages=messages, **kw))
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -364,13 +421,14 @@ class Handler(BaseHTTPRequestHandler):
         self.server.check_model(body.get("model"))
         return body
 
-    def _generate(self, body: dict, call: Callable[[Any, dict], Any]) -> None:
-        """Validate the sampling fields, then run `call(llm, kwargs)` alone on the model and answer."""
-        kwargs = sampling_kwargs(body)
+    def _generate(self, body: dict, fields: dict, call: Callable[[Any, dict], Any]) -> None:
+        """Validate the request's fields, then run `call(llm, kwargs)` alone on the model and answer."""
+        kwargs = sampling_kwargs(body, fields)
         mode = speculation_mode(body)
-        kwargs["model"] = self.server.model_name   # the name responses report
+        # responses name the model as the request did (as llama.cpp's server does), else the served name
+        kwargs["model"] = body.get("model") or self.server.model_name
         llm = self.server.llm
-        with self.server.gate.hold(), request_settings(llm, mode):
+        with self.server.gate.hold(), request_settings(llm, mode, wants_logprobs(kwargs)):
             try:
                 result = call(llm, kwargs)
                 first = next(result, None) if kwargs.get("stream") else None   # a stream evaluates its prompt here
@@ -420,17 +478,10 @@ class SwiftServer(ThreadingHTTPServer):
         super().__init__((host, port), Handler)
         self.llm = llm
         self.model_name = model_name or Path(llm.model_path).name
-        self.model_aliases = self._aliases(llm.model_path, self.model_name)
         self.gate = ModelGate(max_waiting)
         self.stopping = threading.Event()   # set at shutdown: streams end after their current chunk
         self.created = int(time.time())
         self._log = log or _log_to_stderr
-
-    @staticmethod
-    def _aliases(model_path: str, model_name: str) -> set[str]:
-        """Names a request's "model" may give for the served model: the served name and the file's names."""
-        path = Path(model_path)
-        return {model_name, str(path), path.name, path.stem}
 
     @property
     def url(self) -> str:
@@ -438,14 +489,10 @@ class SwiftServer(ThreadingHTTPServer):
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def check_model(self, model: Any) -> None:
-        """404 when a request names another model (absent or empty means this one)."""
-        if model is None or model == "":
-            return
-        if not isinstance(model, str):
+        """Any model name is this model (llama.cpp's server answers whatever name a client sends
+        when it serves one model: clients must send some name); only its type is checked."""
+        if model is not None and not isinstance(model, str):
             raise ApiError(400, "'model' must be a string")
-        if model not in self.model_aliases:
-            raise ApiError(404, f"model {model!r} is not served here; this server serves {self.model_name!r}",
-                           "not_found_error")
 
     def log(self, line: str) -> None:
         """One log line (by default to stderr; tests pass their own `log`)."""

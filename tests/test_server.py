@@ -148,25 +148,28 @@ def test_health_and_models(server):
 
 # -- greedy output through the server and through speculation ------------------------------------
 #
-# Speculation verifies drafts in one batch, and llama.cpp's CPU kernels give a batch's logits
-# slightly different values (up to ~1 logit here) than one-token decodes. Where the greedy
-# top-2 margin is smaller, SWIFT and plain decoding may pick different tokens: an engine
-# property, not the server's. So "swift" is compared with "off" on COUNTING_PROMPT, whose
-# margins are wide (> 1.8), and elsewhere with a direct call in the same mode.
+# Patch 0003 makes CPU verification batches bit-identical to one-token decoding, so "swift" and
+# "off" must give the same text on any prompt; several prompts, each against a direct call.
 
-def test_completion_equals_direct_call_and_speculation_keeps_it(server):
-    want = completion_text(direct(server, lambda m: m.create_completion(COUNTING_PROMPT, max_tokens=16,
-                                                                        temperature=0)))
-    req = {"model": MODEL_NAME, "prompt": COUNTING_PROMPT, "max_tokens": 16, "temperature": 0}
+@pytest.mark.parametrize("prompt", [COUNTING_PROMPT, COMPLETION_PROMPT, "Once upon a time",
+                                    "Q: Name three colours.\nA:"])
+def test_completion_equals_direct_call_and_speculation_keeps_it(server, prompt):
+    want = completion_text(direct(server, lambda m: m.create_completion(prompt, max_tokens=16, temperature=0)))
+    req = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 16, "temperature": 0}
     for mode in ("off", "swift"):
         status, _, resp = post(server, "/v1/completions", {**req, "speculative": mode})
         assert status == 200, resp
         assert completion_text(resp) == want, mode
         assert resp["model"] == MODEL_NAME and resp["object"] == "text_completion"
         assert_stats(resp, mode)
-    assert resp["timings"]["draft_n"] > 0   # "swift" really drafted
     wait_idle(server)
     assert server.llm.engine.config.mode == "auto"   # the per-request mode was restored
+
+
+def test_speculation_really_drafts_through_the_server(server):
+    status, _, resp = post(server, "/v1/completions", {"prompt": COUNTING_PROMPT, "max_tokens": 16,
+                                                       "temperature": 0, "speculative": "swift"})
+    assert status == 200 and resp["timings"]["draft_n"] > 0
 
 
 # The GGUF-template chat handler passes a stop-on-EOS stopping_criteria: SwiftLlama honours it, so
@@ -222,7 +225,15 @@ def test_stream_equals_non_streamed(server, path, body, text_of):
     ("POST", "/v1/completions", b'{"prompt": "a", "temperature": "hot"}', 400, "temperature"),
     ("POST", "/v1/completions", b'{"prompt": "a", "max_tokens": 2.5}', 400, "max_tokens"),
     ("POST", "/v1/completions", b'{"prompt": "a", "speculative": "maybe"}', 400, "speculative"),
-    ("POST", "/v1/completions", b'{"prompt": "a", "model": "gpt-4"}', 404, MODEL_NAME),
+    ("POST", "/v1/completions", b'{"prompt": "a", "model": 7}', 400, "model"),
+    ("POST", "/v1/completions", b'{"prompt": "a", "n": 2}', 400, "'n' must be 1"),
+    ("POST", "/v1/completions", b'{"prompt": "a", "best_of": 3}', 400, "'best_of'"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a"}], "tools": [{}]}', 400,
+     "'tools'"),
+    ("POST", "/v1/completions", b'{"prompt": "a", "response_format": {"type": "json_object"}}', 400,
+     "'response_format'"),
+    ("POST", "/v1/completions", b'{"prompt": "a", "logit_bias": {"x": 1}}', 400, "logit_bias"),
+    ("POST", "/v1/completions", b'{"prompt": "a", "grammar": "root ::= ("}', 400, "grammar"),
     ("POST", "/v1/nowhere", b"{}", 404, "unknown path"),
     ("GET", "/v1/completions", None, 405, "POST"),
     ("POST", "/health", b"{}", 405, "GET"),
@@ -238,10 +249,43 @@ def test_client_errors(server, method, path, raw, status, needle):
         assert headers["Allow"] in ("GET", "POST")
 
 
-def test_unknown_fields_are_ignored(server):
-    status, _, resp = post(server, "/v1/completions", {"prompt": COMPLETION_PROMPT, "max_tokens": 2,
-                                                       "temperature": 0, "user": "x", "n": 1, "logit_bias": None})
-    assert status == 200 and resp["usage"]["completion_tokens"] >= 1
+def test_any_model_name_and_harmless_fields_are_accepted(server):
+    for name in ("model", "gpt-4", None):
+        status, _, resp = post(server, "/v1/completions", {"model": name, "prompt": COMPLETION_PROMPT,
+                                                           "max_tokens": 2, "temperature": 0, "user": "x",
+                                                           "n": 1, "logit_bias": None})
+        assert status == 200 and resp["usage"]["completion_tokens"] >= 1
+        assert resp["model"] == (name or MODEL_NAME)   # the name the client sent, as llama.cpp's server
+
+
+def test_fields_that_change_the_output_are_applied(server):
+    """logprobs, logit_bias, grammar and response_format reach the model: each equals the direct call."""
+    llm = server.llm
+    ban = llm.tokenize(b" Paris", add_bos=False)[0]
+    cases = [
+        ("/v1/completions", {"prompt": COMPLETION_PROMPT, "logprobs": 2},
+         lambda m, kw: m.create_completion(COMPLETION_PROMPT, **kw)),
+        ("/v1/completions", {"prompt": COMPLETION_PROMPT, "logit_bias": {str(ban): -100}},
+         lambda m, kw: m.create_completion(COMPLETION_PROMPT, **kw)),
+        ("/v1/completions", {"prompt": COMPLETION_PROMPT, "grammar": 'root ::= " " [A-Z] [a-z]+'},
+         lambda m, kw: m.create_completion(COMPLETION_PROMPT, **kw)),
+        ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 2},
+         lambda m, kw: m.create_chat_completion(CHAT, **kw)),
+        ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "json_object"}},
+         lambda m, kw: m.create_chat_completion(CHAT, **kw)),
+    ]
+    from swift_gguf.server import sampling_kwargs, CHAT_FIELDS, COMPLETION_FIELDS
+    for path, fields, call in cases:
+        body = {**fields, "max_tokens": 8, "temperature": 0, "speculative": "swift"}
+        status, _, resp = post(server, path, body)
+        assert status == 200, resp
+        kw = sampling_kwargs(body, CHAT_FIELDS if "chat" in path else COMPLETION_FIELDS)
+        with server.gate.hold(), request_settings(llm, "off", "logprobs" in fields):
+            want = call(llm, kw)
+        assert resp["choices"][0] == want["choices"][0], path
+    status, _, resp = post(server, "/v1/completions", {"prompt": COMPLETION_PROMPT, "max_tokens": 4,
+                                                       "temperature": 0, "logit_bias": {str(ban): -100}})
+    assert "Paris" not in completion_text(resp)
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -322,13 +366,9 @@ def test_concurrent_clients_queue_and_get_the_single_client_answers(server):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(client, range(50), timeout=TIMEOUT * 2))
     assert len(results) == 50
-    for case, (status, headers, resp) in results:
-        assert status in (200, 503), resp
-        if status == 200:
-            assert completion_text(resp) == single[case], case
-        else:
-            assert "Retry-After" in headers
-    assert sum(status == 200 for _, (status, _, _) in results) >= 1
+    for case, (status, headers, resp) in results:   # 8 clients never fill the 64-place queue: no 503
+        assert status == 200, resp
+        assert completion_text(resp) == single[case], case
     wait_idle(server)
     assert request(server, "GET", "/health")[2] == {"status": "ok"}
     assert server.llm.engine.config.mode == "auto"
