@@ -329,3 +329,17 @@ def test_gemma3_completions(gemma_pair, mode):
     assert_same(gemma_pair, mode, lambda m: m.create_completion("My favourite food is", max_tokens=32,
                                                                 temperature=0.8, seed=3, repeat_penalty=1.2),
                 must_draft=False)
+
+
+def test_a_failed_load_leaves_no_noise_at_exit(tmp_path):
+    """A constructor that raises must not make the interpreter print __del__ errors at exit."""
+    import subprocess
+    import sys
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 60)
+    code = ("from swift_gguf.api import SwiftLlama\n"
+            f"try:\n    SwiftLlama({str(bad)!r}, profile=None)\nexcept Exception as e:\n    print(type(e).__name__)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ModelFileError"
+    assert "Exception ignored" not in res.stderr and "AttributeError" not in res.stderr, res.stderr
