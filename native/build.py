@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -32,7 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from swift_gguf.paths import cache_dir  # noqa: E402  (stdlib only: usable before anything is installed)
+# stdlib-only modules of the package, usable before anything is installed
+from swift_gguf.fileio import atomic_copy, atomic_write_text, sha256_file  # noqa: E402
+from swift_gguf.paths import cache_dir  # noqa: E402
 PATCH_DIR = ROOT / "patches"
 BUILD_INFO = "swift-gguf-native.json"  # written into sys.prefix after install
 
@@ -79,14 +80,6 @@ def build_key(pin: dict, args: list[str]) -> str:
     h.update(json.dumps(args).encode())
     h.update(f"{sys.platform}-{platform.machine()}-{sys.implementation.cache_tag}".encode())
     return h.hexdigest()[:16]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_sdist(pin: dict, dest: Path) -> Path:
@@ -193,10 +186,7 @@ def installed_key() -> str | None:
 
 
 def write_build_info(info: dict) -> None:
-    path = Path(sys.prefix) / BUILD_INFO
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(sys.prefix) / BUILD_INFO, json.dumps(info, indent=2))
 
 
 def step(msg: str) -> None:
@@ -252,10 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 log_path = cache_dir() / "build.log"
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 built = build_wheel(src, out, args, log_path)
-                wheel_dir.mkdir(parents=True, exist_ok=True)
                 wheel = wheel_dir / built.name
-                shutil.copy2(built, wheel.with_suffix(".part"))
-                os.replace(wheel.with_suffix(".part"), wheel)
+                atomic_copy(built, wheel)
         install(wheel)
         write_build_info(info)
     except BuildError as e:

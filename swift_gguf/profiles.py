@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .costmodel import Costs
-from .paths import atomic_write_text, profiles_dir
+from .fileio import atomic_write_text
+from .paths import profiles_dir
 from .search import SearchConfig, SearchState
 from .skipset import SkipSet
 
