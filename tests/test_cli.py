@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
 import cli
+from swift_gguf import limits
 
 COMMANDS = ("chat", "generate", "optimize", "bench", "serve", "doctor", "models", "pull")
 STATS_KEYS = ("drafted", "accepted", "acceptance_rate", "mean_accepted", "tokens_per_second", "mode_used")
@@ -182,3 +184,31 @@ def test_bench_json_summary(model_path, two_prompts, tmp_path, peer):
     assert ("peer_speedup_median" in summary) == (peer == "--peer")
     if peer == "--peer":
         assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+# -- option bounds ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, bound, inside, outside", [
+    ("draft_p_min", limits.DRAFT_P_MIN, [1.0, 1e-6, 0.8], [0.0, -0.1, 1.01]),
+    ("draft_max", limits.DRAFT_MAX, [1, 64], [0, -3]),
+    ("ctx_size", limits.CTX_SIZE, [16, 4096], [15, 0]),
+    ("n_gpu_layers", limits.GPU_LAYERS, [-1, 0, 99], [-2]),
+    ("threads", limits.THREADS, [1, 8], [0, -1]),
+    ("max_tokens", limits.MAX_TOKENS, [1, 512], [0, -5]),
+    ("top_k", limits.TOP_K, [0, 40], [-1]),
+    ("top_p", limits.PROBABILITY, [0.0, 1.0], [-0.01, 1.5]),
+    ("repeat_penalty", limits.REPEAT_PENALTY, [1e-3, 1.0, 2.0], [0.0, -1.0]),
+])
+def test_option_types_take_their_bounds_from_limits(option, bound, inside, outside):
+    """One source of truth: each option accepts exactly the values its bound contains."""
+    param = next(p for p in cli.generate.params if p.name == option)
+    for value in inside:
+        assert value in bound and param.type.convert(value, param, None) == value
+    for value in outside:
+        assert value not in bound
+        with pytest.raises(click.BadParameter):
+            param.type.convert(value, param, None)
+
+
+def test_bound_notation():
+    assert (str(limits.DRAFT_P_MIN), str(limits.CTX_SIZE), str(limits.PROBABILITY)) == ("(0, 1]", "[16, inf)", "[0, 1]")
