@@ -60,7 +60,7 @@ def default_cmake_args() -> list[str]:
     """CMake arguments swift-gguf always adds (before the user's CMAKE_ARGS)."""
     args = ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
     if platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux"):
-        # llama.cpp's AMX matmul path segfaults on this project's CPUs (upstream-notes.md);
+        # llama.cpp's AMX matmul path segfaults on this project's CPUs (docs/build-notes.md);
         # -march=native would enable it, explicit -mno-amx-* wins over -march in GCC/Clang.
         flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
         args += [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
