@@ -252,7 +252,7 @@ def bench(**kw):
     llm = load_model(**split(kw, MODEL_KEYS))
     try:
         result = run_bench(llm, prompts, max_tokens=kw["max_tokens"], pairs=kw["pairs"], peer=kw["peer"],
-                           progress=not kw["as_json"], plot=kw["plot"])
+                           mode=kw["spec"], progress=not kw["as_json"], plot=kw["plot"])
     finally:
         llm.close()
     if kw["out"]:
