@@ -9,7 +9,8 @@ Steps: fetch the pinned sdist from the package index, check its sha256, apply
 patches/*.patch in order (an already-applied patch is skipped; one that does not
 apply stops the build, naming the patch and the pin), build a wheel with
 scikit-build-core, cache it under a key made of the pin, the patch contents, the
-CMake arguments and the platform, and install it into the running interpreter.
+CMake arguments, the platform, the CPU's instruction-set flags and the compilers (llama.cpp
+builds for the native CPU), and install it into the running interpreter.
 
 Only the standard library is used, so this runs before anything is installed.
 """
@@ -71,7 +72,59 @@ def cmake_args() -> list[str]:
     return default_cmake_args() + shlex.split(os.environ.get("CMAKE_ARGS", ""))
 
 
-def build_key(pin: dict, args: list[str]) -> str:
+def cpu_flags_from_cpuinfo(text: str) -> str:
+    """The instruction-set flags in a Linux /proc/cpuinfo ('flags' on x86, 'Features' on ARM)."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return " ".join(sorted(set(value.split())))
+    return ""
+
+
+def _first_line(cmd: list[str]) -> str:
+    """First line of a command's output, or why there is none."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable ({type(e).__name__})"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0].strip() if lines else f"no output (exit {out.returncode})"
+
+
+def cpu_features() -> str:
+    """This CPU's instruction-set flags. llama.cpp builds with -march=native (GGML_NATIVE), so a
+    wheel built on another CPU may use instructions this one lacks and die with SIGILL."""
+    if sys.platform.startswith("linux"):
+        try:
+            flags = cpu_flags_from_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
+        except OSError:
+            flags = ""
+        if flags:
+            return flags
+    elif sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "machdep.cpu", "hw.optional"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out.strip():
+            return " ".join(sorted(out.splitlines()))
+    # no flags to read: the processor's name at least separates different machines
+    return f"{platform.machine()} {platform.processor()}".strip()
+
+
+def compilers() -> list[str]:
+    """The C and C++ compilers CMake will use ($CC/$CXX, else cc/c++), by their --version."""
+    found = []
+    for var, default in (("CC", "cc"), ("CXX", "c++")):
+        cmd = shlex.split(os.environ.get(var) or default)
+        found.append(f"{var}={' '.join(cmd)}: {_first_line([*cmd, '--version'])}")
+    return found
+
+
+def build_key(pin: dict, args: list[str], cpu: str | None = None, compiler: list[str] | None = None) -> str:
+    """The wheel cache key: everything that changes the built library (cpu and compiler default
+    to this machine's)."""
     h = hashlib.sha256()
     h.update(json.dumps(pin, sort_keys=True).encode())
     for p in patch_files():
@@ -79,6 +132,8 @@ def build_key(pin: dict, args: list[str]) -> str:
         h.update(p.read_bytes())
     h.update(json.dumps(args).encode())
     h.update(f"{sys.platform}-{platform.machine()}-{sys.implementation.cache_tag}".encode())
+    h.update(json.dumps({"cpu": cpu_features() if cpu is None else cpu,
+                         "compilers": compilers() if compiler is None else compiler}).encode())
     return h.hexdigest()[:16]
 
 
@@ -221,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.print_key:
         print(key)
         return 0
-    info = {"key": key, "pin": pin, "patches": [p.name for p in patch_files()], "cmake_args": args}
+    info = {"key": key, "pin": pin, "patches": [p.name for p in patch_files()], "cmake_args": args,
+            "compilers": compilers()}
     if not opts.force and installed_key() == key:
         step(f"patched llama-cpp-python {pin['version']} already installed (key {key})")
         return 0
