@@ -4,7 +4,7 @@
 #   ./bootstrap.sh test [pytest args]   set up, then run the whole test suite
 #   ./bootstrap.sh                  set up only
 # Set-up: a virtual environment in .venv, the patched llama-cpp-python (built once, then
-# cached by pin, patches and CMAKE_ARGS), this package, and the default model.
+# cached by pin, patches, CMAKE_ARGS, CPU features and compilers), this package, and the default model.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}

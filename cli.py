@@ -13,6 +13,9 @@ from pathlib import Path
 
 import click
 
+from swift_gguf import limits
+from swift_gguf.limits import click_type
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -23,15 +26,21 @@ def model_options(f):
     opts = [
         click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
                      help="A GGUF path, an alias (see `swift-gguf models`), or hf:REPO/FILE."),
-        click.option("-c", "--ctx-size", type=int, default=2048, show_default=True, help="Context size in tokens."),
-        click.option("-ngl", "--n-gpu-layers", type=int, default=0, show_default=True,
-                     help="Layers to offload to the GPU (-1 = all)."),
-        click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)."),
+        click.option("-c", "--ctx-size", default=2048, show_default=True, help="Context size in tokens.",
+                     type=click_type(limits.CTX_SIZE, True,
+                                     f"The context must hold at least {limits.CTX_SIZE.min:g} tokens.")),
+        click.option("-ngl", "--n-gpu-layers", default=0, show_default=True,
+                     help="Layers to offload to the GPU (-1 = all).",
+                     type=click_type(limits.GPU_LAYERS, True, "Give a number of layers, or -1 for all.")),
+        click.option("-t", "--threads", default=None, help="CPU threads (default: llama.cpp's choice).",
+                     type=click_type(limits.THREADS, True, "Use at least 1 thread (or leave the option out).")),
         click.option("--spec", type=click.Choice(["off", "swift", "auto"]), default="auto", show_default=True,
                      help="off: plain decoding; swift: always speculate; auto: only where it pays."),
-        click.option("--draft-max", type=int, default=None, help="Max drafted tokens per cycle (default: adaptive)."),
-        click.option("--draft-p-min", type=float, default=0.8, show_default=True,
-                     help="Confidence threshold epsilon: stop drafting below this top-1 probability."),
+        click.option("--draft-max", default=None, help="Max drafted tokens per cycle (default: adaptive).",
+                     type=click_type(limits.DRAFT_MAX, True, "Draft at least 1 token, or use --spec off.")),
+        click.option("--draft-p-min", default=0.8, show_default=True,
+                     help="Confidence threshold epsilon: stop drafting below this top-1 probability.",
+                     type=click_type(limits.DRAFT_P_MIN, False, f"Epsilon must be in {limits.DRAFT_P_MIN}, e.g. 0.8.")),
         click.option("--profile", default="auto", show_default=True,
                      help="Skip profile: 'auto' (user cache), a JSON path, or 'none'."),
         click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's logs."),
@@ -44,12 +53,15 @@ def model_options(f):
 def sampling_options(f):
     opts = [
         click.option("--temp", type=float, default=0.0, show_default=True, help="Temperature (0 = greedy)."),
-        click.option("--top-k", type=int, default=40, show_default=True),
-        click.option("--top-p", type=float, default=0.95, show_default=True),
-        click.option("--min-p", type=float, default=0.05, show_default=True),
-        click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
+        click.option("--top-k", default=40, show_default=True,
+                     type=click_type(limits.TOP_K, True, "Use 0 (off) or a positive number.")),
+        click.option("--top-p", default=0.95, show_default=True, type=click_type(limits.PROBABILITY, False)),
+        click.option("--min-p", default=0.05, show_default=True, type=click_type(limits.PROBABILITY, False)),
+        click.option("--repeat-penalty", default=1.0, show_default=True,
+                     type=click_type(limits.REPEAT_PENALTY, False, "It must be positive (1.0 = off).")),
         click.option("--seed", type=int, default=None, help="Random seed for sampling."),
-        click.option("-n", "--max-tokens", type=int, default=256, show_default=True, help="Tokens to generate."),
+        click.option("-n", "--max-tokens", default=256, show_default=True, help="Tokens to generate.",
+                     type=click_type(limits.MAX_TOKENS, True, "Generate at least 1 token.")),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -83,31 +95,6 @@ def user_errors(f):
     return wrapper
 
 
-def check_options(ctx_size=None, n_gpu_layers=None, draft_max=None, draft_p_min=None, max_tokens=None,
-                  threads=None, top_k=None, top_p=None, min_p=None, repeat_penalty=None, **_):
-    """Reject option values that cannot work, before a model is loaded (click: exit code 2)."""
-    if ctx_size is not None and ctx_size < 16:
-        raise click.BadParameter(f"{ctx_size}: the context must hold at least 16 tokens", param_hint="--ctx-size")
-    if n_gpu_layers is not None and n_gpu_layers < -1:
-        raise click.BadParameter(f"{n_gpu_layers}: give a number of layers, or -1 for all",
-                                 param_hint="-ngl/--n-gpu-layers")
-    if threads is not None and threads < 1:
-        raise click.BadParameter(f"{threads}: use at least 1 thread (or leave it out)", param_hint="-t/--threads")
-    if draft_max is not None and draft_max < 1:
-        raise click.BadParameter(f"{draft_max}: draft at least 1 token (or use --spec off)", param_hint="--draft-max")
-    if draft_p_min is not None and not 0.0 < draft_p_min <= 1.0:
-        raise click.BadParameter(f"{draft_p_min}: epsilon must be in (0, 1], e.g. 0.8", param_hint="--draft-p-min")
-    if max_tokens is not None and max_tokens <= 0:
-        raise click.BadParameter(f"{max_tokens}: generate at least 1 token", param_hint="-n/--max-tokens")
-    if top_k is not None and top_k < 0:
-        raise click.BadParameter(f"{top_k}: use 0 (off) or a positive number", param_hint="--top-k")
-    for name, value in (("--top-p", top_p), ("--min-p", min_p)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise click.BadParameter(f"{value}: must be in [0, 1]", param_hint=name)
-    if repeat_penalty is not None and repeat_penalty <= 0:
-        raise click.BadParameter(f"{repeat_penalty}: must be positive (1.0 = off)", param_hint="--repeat-penalty")
-
-
 def check_output_paths(**paths) -> None:
     """Fail before a long run, not after it, when an output file cannot be written (click: exit code 2)."""
     for option, value in paths.items():
@@ -123,8 +110,6 @@ def check_output_paths(**paths) -> None:
 
 def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose, **_):
     """Resolve the model spec and load it as a SwiftLlama (with clear errors)."""
-    check_options(ctx_size=ctx_size, n_gpu_layers=n_gpu_layers, threads=threads, draft_max=draft_max,
-                  draft_p_min=draft_p_min)
     from swift_gguf.models import resolve_model
     path = resolve_model(model)
     from swift_gguf import native
@@ -174,7 +159,6 @@ def main():
 @user_errors
 def chat(**kw):
     """Chat with a model (streaming; /help for commands)."""
-    check_options(**kw)
     from swift_gguf.chat import ChatSession, run_chat
     llm = load_model(**split(kw, MODEL_KEYS))
     session = ChatSession(llm, system=kw["system"], max_tokens=kw["max_tokens"],
@@ -192,7 +176,6 @@ def chat(**kw):
 @user_errors
 def generate(**kw):
     """Generate a completion for one prompt."""
-    check_options(**kw)
     prompt = kw["prompt"]
     if prompt is None:
         if sys.stdin.isatty():
@@ -223,18 +206,15 @@ def generate(**kw):
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
               help="Calibration prompts (JSONL with a 'prompt' field); default: built-in prompts.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-probes", type=int, default=400, show_default=True)
-@click.option("--tokens", type=int, default=96, show_default=True, help="Tokens generated per prompt.")
+@click.option("--max-probes", default=400, show_default=True,
+              type=click_type(limits.Bound(min=1), True, "Allow at least 1 probe."))
+@click.option("--tokens", default=96, show_default=True, help="Tokens generated per prompt.",
+              type=click_type(limits.Bound(min=1), True, "Generate at least 1 token per prompt."))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG of the search.")
 @user_errors
 def optimize(**kw):
     """Search the skip set offline on calibration prompts and save the profile."""
-    check_options(**kw)
-    if kw["max_probes"] < 1:
-        raise click.BadParameter(f"{kw['max_probes']}: allow at least 1 probe", param_hint="--max-probes")
-    if kw["tokens"] < 1:
-        raise click.BadParameter(f"{kw['tokens']}: generate at least 1 token per prompt", param_hint="--tokens")
     check_output_paths(**{"--plot": kw["plot"]})
     from swift_gguf.optimize import load_prompts, run_optimize
     prompts = load_prompts(kw["prompts_file"])
@@ -253,9 +233,12 @@ def optimize(**kw):
 @model_options
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
               help="Prompt set (JSONL with a 'prompt' field); default: the built-in set.")
-@click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
-@click.option("--pairs", type=int, default=3, show_default=True, help="Interleaved plain/swift pairs per prompt.")
-@click.option("--limit", type=int, default=None, help="Use only the first N prompts.")
+@click.option("-n", "--max-tokens", default=128, show_default=True,
+              type=click_type(limits.MAX_TOKENS, True, "Generate at least 1 token."))
+@click.option("--pairs", default=3, show_default=True, help="Interleaved plain/swift pairs per prompt.",
+              type=click_type(limits.Bound(min=1), True, "Run at least 1 pair."))
+@click.option("--limit", default=None, help="Use only the first N prompts.",
+              type=click_type(limits.Bound(min=1), True, "Use at least 1 prompt."))
 @click.option("--peer/--no-peer", default=True, help="Also run llama-cpp-python's prompt-lookup drafter.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
@@ -263,11 +246,6 @@ def optimize(**kw):
 @user_errors
 def bench(**kw):
     """Plain decoding vs swift-gguf (and prompt lookup) on a prompt set, interleaved."""
-    check_options(**kw)
-    if kw["pairs"] < 1:
-        raise click.BadParameter(f"{kw['pairs']}: run at least 1 pair", param_hint="--pairs")
-    if kw["limit"] is not None and kw["limit"] < 1:
-        raise click.BadParameter(f"{kw['limit']}: use at least 1 prompt", param_hint="--limit")
     check_output_paths(**{"--out": kw["out"], "--plot": kw["plot"]})
     from swift_gguf.bench import run_bench
     from swift_gguf.optimize import load_prompts
@@ -275,7 +253,7 @@ def bench(**kw):
     llm = load_model(**split(kw, MODEL_KEYS))
     try:
         result = run_bench(llm, prompts, max_tokens=kw["max_tokens"], pairs=kw["pairs"], peer=kw["peer"],
-                           progress=not kw["as_json"], plot=kw["plot"])
+                           mode=kw["spec"], progress=not kw["as_json"], plot=kw["plot"])
     finally:
         llm.close()
     if kw["out"]:
@@ -291,7 +269,6 @@ def bench(**kw):
 @user_errors
 def serve(**kw):
     """OpenAI-compatible HTTP server (/v1/models, /v1/completions, /v1/chat/completions)."""
-    check_options(**kw)
     from swift_gguf.server import serve as run_server
     llm = load_model(**split(kw, MODEL_KEYS))
     name = Path(kw["model"]).name if kw["model"].endswith(".gguf") else kw["model"]   # a path names its file

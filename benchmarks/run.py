@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The CPU benchmark scenarios behind BENCHMARKS.md (protocol: shared/design/performance-model.md).
+"""The CPU benchmark scenarios behind BENCHMARKS.md (protocol: docs/benchmark-protocol.md).
 
     .venv/bin/python benchmarks/run.py                 # all scenarios, under 15 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --only smollm2-auto --limit 4

@@ -9,7 +9,8 @@ Steps: fetch the pinned sdist from the package index, check its sha256, apply
 patches/*.patch in order (an already-applied patch is skipped; one that does not
 apply stops the build, naming the patch and the pin), build a wheel with
 scikit-build-core, cache it under a key made of the pin, the patch contents, the
-CMake arguments and the platform, and install it into the running interpreter.
+CMake arguments, the platform, the CPU's instruction-set flags and the compilers (llama.cpp
+builds for the native CPU), and install it into the running interpreter.
 
 Only the standard library is used, so this runs before anything is installed.
 """
@@ -22,7 +23,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -32,7 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from swift_gguf.paths import cache_dir  # noqa: E402  (stdlib only: usable before anything is installed)
+# stdlib-only modules of the package, usable before anything is installed
+from swift_gguf.fileio import atomic_copy, atomic_write_text, sha256_file  # noqa: E402
+from swift_gguf.paths import cache_dir  # noqa: E402
 PATCH_DIR = ROOT / "patches"
 BUILD_INFO = "swift-gguf-native.json"  # written into sys.prefix after install
 
@@ -59,7 +61,7 @@ def default_cmake_args() -> list[str]:
     """CMake arguments swift-gguf always adds (before the user's CMAKE_ARGS)."""
     args = ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
     if platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux"):
-        # llama.cpp's AMX matmul path segfaults on this project's CPUs (upstream-notes.md);
+        # llama.cpp's AMX matmul path segfaults on this project's CPUs (docs/build-notes.md);
         # -march=native would enable it, explicit -mno-amx-* wins over -march in GCC/Clang.
         flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
         args += [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
@@ -70,7 +72,59 @@ def cmake_args() -> list[str]:
     return default_cmake_args() + shlex.split(os.environ.get("CMAKE_ARGS", ""))
 
 
-def build_key(pin: dict, args: list[str]) -> str:
+def cpu_flags_from_cpuinfo(text: str) -> str:
+    """The instruction-set flags in a Linux /proc/cpuinfo ('flags' on x86, 'Features' on ARM)."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return " ".join(sorted(set(value.split())))
+    return ""
+
+
+def _first_line(cmd: list[str]) -> str:
+    """First line of a command's output, or why there is none."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable ({type(e).__name__})"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0].strip() if lines else f"no output (exit {out.returncode})"
+
+
+def cpu_features() -> str:
+    """This CPU's instruction-set flags. llama.cpp builds with -march=native (GGML_NATIVE), so a
+    wheel built on another CPU may use instructions this one lacks and die with SIGILL."""
+    if sys.platform.startswith("linux"):
+        try:
+            flags = cpu_flags_from_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
+        except OSError:
+            flags = ""
+        if flags:
+            return flags
+    elif sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "machdep.cpu", "hw.optional"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out.strip():
+            return " ".join(sorted(out.splitlines()))
+    # no flags to read: the processor's name at least separates different machines
+    return f"{platform.machine()} {platform.processor()}".strip()
+
+
+def compilers() -> list[str]:
+    """The C and C++ compilers CMake will use ($CC/$CXX, else cc/c++), by their --version."""
+    found = []
+    for var, default in (("CC", "cc"), ("CXX", "c++")):
+        cmd = shlex.split(os.environ.get(var) or default)
+        found.append(f"{var}={' '.join(cmd)}: {_first_line([*cmd, '--version'])}")
+    return found
+
+
+def build_key(pin: dict, args: list[str], cpu: str | None = None, compiler: list[str] | None = None) -> str:
+    """The wheel cache key: everything that changes the built library (cpu and compiler default
+    to this machine's)."""
     h = hashlib.sha256()
     h.update(json.dumps(pin, sort_keys=True).encode())
     for p in patch_files():
@@ -78,15 +132,9 @@ def build_key(pin: dict, args: list[str]) -> str:
         h.update(p.read_bytes())
     h.update(json.dumps(args).encode())
     h.update(f"{sys.platform}-{platform.machine()}-{sys.implementation.cache_tag}".encode())
+    h.update(json.dumps({"cpu": cpu_features() if cpu is None else cpu,
+                         "compilers": compilers() if compiler is None else compiler}).encode())
     return h.hexdigest()[:16]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_sdist(pin: dict, dest: Path) -> Path:
@@ -193,10 +241,7 @@ def installed_key() -> str | None:
 
 
 def write_build_info(info: dict) -> None:
-    path = Path(sys.prefix) / BUILD_INFO
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(sys.prefix) / BUILD_INFO, json.dumps(info, indent=2))
 
 
 def step(msg: str) -> None:
@@ -231,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.print_key:
         print(key)
         return 0
-    info = {"key": key, "pin": pin, "patches": [p.name for p in patch_files()], "cmake_args": args}
+    info = {"key": key, "pin": pin, "patches": [p.name for p in patch_files()], "cmake_args": args,
+            "compilers": compilers()}
     if not opts.force and installed_key() == key:
         step(f"patched llama-cpp-python {pin['version']} already installed (key {key})")
         return 0
@@ -252,10 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 log_path = cache_dir() / "build.log"
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 built = build_wheel(src, out, args, log_path)
-                wheel_dir.mkdir(parents=True, exist_ok=True)
                 wheel = wheel_dir / built.name
-                shutil.copy2(built, wheel.with_suffix(".part"))
-                os.replace(wheel.with_suffix(".part"), wheel)
+                atomic_copy(built, wheel)
         install(wheel)
         write_build_info(info)
     except BuildError as e:

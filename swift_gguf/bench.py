@@ -1,5 +1,5 @@
 """Benchmark: plain decoding vs swift-gguf (and prompt lookup as a peer), per the protocol in
-shared/design/performance-model.md: same process, same model and context, interleaved
+docs/benchmark-protocol.md: same process, same model and context, interleaved
 A B (C) A B (C) ..., per-pair ratios, median with min and max, generated tokens only
 (prompt evaluation reported separately), search time included in swift's time.
 

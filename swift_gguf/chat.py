@@ -19,6 +19,7 @@ import sys
 from typing import Callable, Iterator, NamedTuple, TextIO
 
 from .errors import SwiftGGUFError
+from .template import ChatTemplate
 
 HELP = """\
 commands:
@@ -39,51 +40,7 @@ class Piece(NamedTuple):
     from_draft: bool = False
 
 
-# -- the chat template ------------------------------------------------------------------
-
-
-def _token_text(llm, token: int) -> str:
-    """A token's text with special tokens spelled out ("" for an invalid id)."""
-    if token < 0:
-        return ""
-    return llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
-
-
-class ChatTemplate:
-    """The model's chat template: renders messages to prompt tokens; knows the end-of-turn text."""
-
-    def __init__(self, llm):
-        template = llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise SwiftGGUFError(
-                "this model has no chat template in its metadata (a base model?), so it cannot chat.\n"
-                "Fix: use `swift-gguf generate -p TEXT` for plain completion, or a chat/instruct model.")
-        from llama_cpp import llama_cpp as C
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        self.llm = llm
-        self.bos = _token_text(llm, llm.token_bos())
-        eos = _token_text(llm, llm.token_eos())
-        self._format = Jinja2ChatFormatter(template, eos_token=eos, bos_token=self.bos)
-        eot = _token_text(llm, C.llama_vocab_eot(llm.rt.vocab))
-        self.stops = sorted({s for s in (eos, eot) if s})   # end-of-turn markers, also as plain text
-
-    def render(self, messages: list[dict]) -> str:
-        """The prompt text for messages, ending with the assistant's turn opening."""
-        try:
-            return self._format(messages=messages).prompt
-        except Exception as e:   # jinja errors and the template's own raise_exception
-            raise SwiftGGUFError(f"the model's chat template cannot render this conversation: {e}.\n"
-                                 "Fix: /reset, or start without --system if the template rejects it.") from e
-
-    def tokens(self, messages: list[dict]) -> list[int]:
-        """Prompt tokens; BOS is added (where the vocabulary wants it) unless the text has it."""
-        text = self.render(messages)
-        add_bos = not (self.bos and text.startswith(self.bos))
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def ends_turn(self, token: int) -> bool:
-        """True for end-of-generation tokens and tokens spelling an end-of-turn marker."""
-        return self.llm.rt.is_eog(token) or _token_text(self.llm, token) in self.stops
+# -- streamed text -----------------------------------------------------------------------
 
 
 class StopFilter:
@@ -107,6 +64,12 @@ class StopFilter:
         """Everything still held (the stream ended without completing a stop string)."""
         held, self._held = self._held, []
         return held
+
+    def finish(self, tail: str = "") -> list[Piece]:
+        """The stream ended (end of turn, max tokens): the rest of the text, with tail (the
+        decoder's last characters) added, cut at a stop string if tail completes one."""
+        ready, stopped = self.feed(Piece(tail))
+        return ready if stopped else ready + self.flush()
 
     def _partial_stop(self, text: str) -> int:
         """Length of the longest end of text that a stop string starts with."""
@@ -144,7 +107,8 @@ class ChatSession:
     def __init__(self, llm, *, system: str | None = None, max_tokens: int = 256,
                  sampling: dict | None = None):
         self.llm = llm
-        self.template = ChatTemplate(llm)
+        self.template = ChatTemplate(llm, fix="use `swift-gguf generate -p TEXT` for plain completion, "
+                                               "or a chat/instruct model.")
         self.system = system
         self.max_tokens = max_tokens
         self.sampling = dict(sampling or {})
@@ -191,14 +155,13 @@ class ChatSession:
         with contextlib.closing(llm.generate_tokens(prompt, params, max_tokens=self.max_tokens)) as tokens:
             for tok in tokens:
                 if self.template.ends_turn(tok.id):
-                    return
+                    break   # the text held back so far is still part of the reply
                 text = decoder.decode(llm.detokenize([tok.id]))
                 ready, stopped = stops.feed(Piece(text, tok.from_draft))
                 yield from ready
                 if stopped:
                     return
-        stops.feed(Piece(decoder.decode(b"", final=True)))
-        yield from stops.flush()
+        yield from stops.finish(decoder.decode(b"", final=True))
 
     @property
     def last_stats(self):

@@ -1,6 +1,6 @@
 """When does speculation pay? Measured costs and the speedup formula.
 
-Costs are in units of one plain single-token decode step (performance-model.md):
+Costs are in units of one plain single-token decode step (docs/cost-model.md):
 c(set) for one draft step with a skip set, v(n) for verifying n tokens with logits
 for all of them. A cycle drafting d tokens with per-token acceptance a emits
 E = (1 - a^(d+1)) / (1 - a) tokens on average and costs d*c + v(d+1):

@@ -12,17 +12,9 @@ def render_prompt(llm, prompt: str, use_template: bool) -> str | list[int]:
     """The prompt as text, or as tokens of a one-message chat in the model's own template."""
     if not use_template:
         return prompt
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        from .errors import SwiftGGUFError
-        raise SwiftGGUFError("this model has no chat template in its metadata.\n"
-                             "Fix: drop --chat-template (plain completion), or use a chat model.")
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-    eos = llm.detokenize([llm.token_eos()]).decode("utf-8", errors="ignore")
-    bos = llm.detokenize([llm.token_bos()]).decode("utf-8", errors="ignore")
-    fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
-    text = fmt(messages=[{"role": "user", "content": prompt}]).prompt
-    return llm.tokenize(text.encode("utf-8"), add_bos=not text.startswith(bos) or not bos, special=True)
+    from .template import ChatTemplate
+    template = ChatTemplate(llm, fix="drop --chat-template (plain completion), or use a chat model.")
+    return template.tokens([{"role": "user", "content": prompt}])
 
 
 def context_limit(llm) -> int:

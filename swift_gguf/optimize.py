@@ -61,13 +61,11 @@ def run_optimize(llm, prompts: list[dict], *, seed: int = 0, max_probes: int = 4
     """Run the search on the prompts until it stops or max_probes; save and return the result."""
     engine = llm.engine
     search = engine.search
-    search.cfg.seed = seed
-    search.rng = __import__("numpy").random.default_rng(seed)
+    search.reopen(seed=seed)   # a round of its own on the calibration prompts, reproducible by seed
     use_template = bool(llm.metadata.get("tokenizer.chat_template"))
     bar = _bar(max_probes, progress)
     start = time.perf_counter()
     probes0 = search.state.probes
-    search.state.done = False
     try:
         for p in prompts:
             if search.state.probes - probes0 >= max_probes:

@@ -23,17 +23,3 @@ def models_dir() -> Path:
 def profiles_dir() -> Path:
     return cache_dir() / "profiles"
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text so that readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

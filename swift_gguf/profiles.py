@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .costmodel import Costs
-from .paths import atomic_write_text, profiles_dir
+from .fileio import atomic_write_text
+from .paths import profiles_dir
 from .search import SearchConfig, SearchState
 from .skipset import SkipSet
 
@@ -58,6 +59,7 @@ class Profile:
             "predicted_speedup": round(st.best_predicted, 4),
             "draft_length": st.best_draft_length,
             "probes": st.probes,
+            "round_probes": st.round_probes,
             "search_done": st.done,
             "search_seconds": round(st.seconds, 3),
             "importance": [None if x != x else round(x, 6) for x in st.importance],
@@ -77,6 +79,7 @@ class Profile:
             st.best_predicted = float(d["predicted_speedup"])
             st.best_draft_length = int(d.get("draft_length", 1))
         st.probes = int(d["probes"])
+        st.round_probes = int(d.get("round_probes", 0))   # absent before rounds were counted
         st.done = bool(d["search_done"])
         st.seconds = float(d.get("search_seconds", 0.0))
         st.__post_init__()

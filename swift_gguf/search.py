@@ -22,8 +22,9 @@ with decoding under a time budget:
              every probe told to the optimiser; a candidate replaces the best only
              if it predicts a higher speedup
 
-It stops when the best set's matchness exceeds `stop_matchness`, after `patience`
-probes without improvement, or after `max_probes`; `reopen()` starts a new epoch.
+A round stops when the best set's matchness exceeds `stop_matchness`, after `patience`
+probes without improvement, or after `max_probes` probes; `reopen()` starts a new round
+(on a task change) that keeps what was learned, `reset()` forgets everything.
 """
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ class SearchState:
     best_matchness: float = 0.0
     best_predicted: float = 0.0
     best_draft_length: int = 1
-    probes: int = 0
+    probes: int = 0          # over the model's life (reports, plots)
+    round_probes: int = 0    # in the current round: what max_probes limits
     since_improve: int = 0
     done: bool = False
     seconds: float = 0.0
@@ -146,14 +148,19 @@ class LayerSearch:
         self.state = state
         self.costs = costs
         self.cfg = state.config
-        self.rng = np.random.default_rng(self.cfg.seed)
         self.n = n_sublayers(state.n_layer)
+        self._forget(self.cfg.seed)
+
+    def _forget(self, seed: int) -> None:
+        """Clear what this object learned beside the saved state (references, the size phase's
+        scores, the optimiser's observations) and seed its random moves."""
+        self.cfg.seed = seed
+        self.rng = np.random.default_rng(seed)
         self._refs: dict[int, Reference] = {}
         self._size_grid: list[int] = []
         self._size_scores: dict[int, float] = {}
         self._opt = None
         self._told: list[tuple[list[float], float]] = []
-        self._epoch_probes = 0
         self._layer_probes: dict[int, float] = {}   # inner layer -> KL with both sub-layers skipped
 
     # -- public -----------------------------------------------------------------------------
@@ -187,15 +194,29 @@ class LayerSearch:
         """Tokens of history (window + 1) the next probe needs."""
         return max(self.cfg.window, self.cfg.importance_window) + 1
 
-    def reopen(self) -> None:
-        """Start a new epoch on fresh text (the task changed): re-score the best set, keep searching."""
-        self.state.done = False
-        self.state.since_improve = 0
+    def reset(self, seed: int | None = None) -> None:
+        """Forget everything: a fresh search with the same configuration, as if new.
+
+        seed (default: the configuration's) seeds its random moves."""
+        self.state = SearchState(self.state.n_layer, self.cfg)
+        self._forget(self.cfg.seed if seed is None else seed)
+
+    def reopen(self, seed: int | None = None) -> None:
+        """Start a new round on fresh text (the task changed, or `optimize` brings its prompts):
+        keep what was learned, re-score the best set, and allow the round max_probes probes.
+
+        seed, if given, reseeds the random moves (for a reproducible round)."""
+        st = self.state
+        st.done = False
+        st.since_improve = 0
+        st.round_probes = 0
         self._refs.clear()
-        self._epoch_probes = 0
-        if self.state.best is not None:
-            self.state.best_matchness = 0.0
-            self.state.best_predicted = 0.0
+        if seed is not None:
+            self.cfg.seed = seed
+            self.rng = np.random.default_rng(seed)
+        if st.best is not None:
+            st.best_matchness = 0.0
+            st.best_predicted = 0.0
 
     def step(self, rt, tokens: list[int], n_past: int) -> Probe | None:
         """Run one probe on the stream's last tokens (tokens[n_past] is not yet in the KV cache)."""
@@ -251,7 +272,7 @@ class LayerSearch:
         if self._size_grid:
             k = self._size_grid.pop(0)
             return "size", self._prefix(k), W
-        if self._epoch_probes % cfg.bo_every == cfg.bo_every - 1:
+        if st.round_probes % cfg.bo_every == cfg.bo_every - 1:
             return "bayes", self._bayes_candidate(st.best or self._prefix(max(1, self.n // 4))), W
         return "refine", self._refine_candidate(), W
 
@@ -335,7 +356,7 @@ class LayerSearch:
     def _observe(self, probe: Probe) -> None:
         st = self.state
         st.probes += 1
-        self._epoch_probes += 1
+        st.round_probes += 1
         st.history.append({"probe": st.probes, "phase": probe.phase, "size": len(probe.skip),
                            "matchness": round(probe.matchness, 4), "kl": round(probe.kl, 6),
                            "predicted": round(probe.predicted, 4)})
@@ -363,5 +384,5 @@ class LayerSearch:
             st.since_improve += 1
         if probe.phase in ("refine", "bayes") or (probe.phase == "size" and not self._size_grid):
             if (st.best_matchness > self.cfg.stop_matchness or st.since_improve >= self.cfg.patience
-                    or st.probes >= self.cfg.max_probes):
+                    or st.round_probes >= self.cfg.max_probes):
                 st.done = True

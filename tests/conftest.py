@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_PROMPTS = ROOT.parent / "shared" / "prompts" / "bench.jsonl"
-BUNDLED_PROMPTS = ROOT / "swift_gguf" / "data" / "bench.jsonl"
+BENCH_PROMPTS = ROOT / "swift_gguf" / "data" / "bench.jsonl"
 
 
 def load_bench_prompts() -> list[dict]:
-    path = SHARED_PROMPTS if SHARED_PROMPTS.exists() else BUNDLED_PROMPTS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in BENCH_PROMPTS.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="session")

@@ -162,6 +162,18 @@ def test_color_marks_accepted_drafts(model_path, session):
     assert re.sub(r"\x1b\[\d+m", "", out.getvalue()).strip() == plain.strip()
 
 
+def test_text_held_back_at_the_end_of_a_turn_is_kept(llm):
+    """The reply ends in "<" (which could begin "<|im_end|>", so the stop filter holds it back)
+    right before the end-of-turn token: the "<" still reaches the screen and the history."""
+    s = ChatSession(llm, max_tokens=8, sampling=GREEDY)
+    for q, a in (("Repeat exactly: x <", "x <"), ("Repeat exactly: y <", "y <")):
+        s.messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    text = reply_text(s, "Repeat exactly: z <")
+    assert llm.rt.is_eog(llm.last_tokens[-1].id)            # the turn ended (not max_tokens)
+    assert llm.detokenize([llm.last_tokens[-2].id]).endswith(b"<")
+    assert text.endswith("<") and s.messages[-1] == {"role": "assistant", "content": text}
+
+
 def test_ctrl_c_at_prompt_exits_cleanly(session):
     def interrupt(_prompt):
         raise KeyboardInterrupt
@@ -209,3 +221,13 @@ def test_partial_stop_prefix_is_released_at_the_end():
     text, stopped, shown = feed_all(["<|im_end|>"], ["a <", "|i", "dx"])
     assert (text, stopped) == ("a <|idx", False)
     assert [p.from_draft for p in shown][-1] is True
+
+
+def test_finish_keeps_held_text_and_the_decoders_tail():
+    f = StopFilter(["<|im_end|>"])
+    ready, _ = f.feed(Piece("a <"))
+    assert "".join(p.text for p in ready) == "a "
+    assert "".join(p.text for p in f.finish("\ufffd")) == "<\ufffd"   # held "<" and the tail
+    f = StopFilter(["<|im_end|>"])
+    f.feed(Piece("x <|im_end"))
+    assert "".join(p.text for p in f.finish("|>")) == ""   # the tail completes the stop string

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
 import cli
+from swift_gguf import limits
 
 COMMANDS = ("chat", "generate", "optimize", "bench", "serve", "doctor", "models", "pull")
 STATS_KEYS = ("drafted", "accepted", "acceptance_rate", "mean_accepted", "tokens_per_second", "mode_used")
@@ -54,11 +56,32 @@ def test_each_command_has_help(name):
 
 # -- generate --------------------------------------------------------------------------------
 
-def test_generate_json_modes_give_identical_tokens(model_path):
+# A skip set for SmolLM2 that drafts but is often wrong (16 of the 56 inner sub-layers).
+REJECTING_SET = {"attention": list(range(5, 13)), "ffn": list(range(5, 13))}
+
+
+@pytest.fixture(scope="module")
+def rejecting_profile(model_path, tmp_path_factory):
+    """A finished search's profile holding REJECTING_SET: `--profile PATH` makes swift speculate
+    with rejections from the first token (no search runs, so nothing rewrites the file)."""
+    from swift_gguf import profiles
+    from swift_gguf.costmodel import Costs
+    from swift_gguf.search import SearchState
+    from swift_gguf.skipset import SkipSet
+    state = SearchState(30)
+    state.best = SkipSet.from_lists(30, **REJECTING_SET)
+    state.done = True   # best_matchness 0: live acceptance never looks like a task change
+    path = tmp_path_factory.mktemp("profile") / "smollm2-rejecting.json"
+    profiles.save(path, profiles.Profile(profiles.model_identity(model_path), "cpu", "SmolLM2", state, Costs()))
+    return path
+
+
+def test_generate_json_modes_give_identical_tokens(model_path, rejecting_profile):
+    """swift really speculates (drafts, some rejected) and still gives plain decoding's tokens."""
     results = {}
     for spec in ("off", "swift", "auto"):
         r = ok("generate", "-m", model_path, "-p", "The capital of France is", "-n", 16, "--temp", 0,
-               "--spec", spec, "--json", *FAST)
+               "--spec", spec, "--json", "-t", 1, "--profile", rejecting_profile, "--draft-max", 4)
         data = json.loads(r.stdout)   # one JSON object, nothing else on stdout
         assert isinstance(data["text"], str) and data["text"]
         assert all(isinstance(t, int) for t in data["tokens"]) and 0 < len(data["tokens"]) <= 16
@@ -67,6 +90,9 @@ def test_generate_json_modes_give_identical_tokens(model_path):
         assert data["stats"]["mode"] == spec
         results[spec] = data
     assert results["off"]["stats"]["mode_used"] == "plain"
+    swift = results["swift"]["stats"]
+    assert swift["mode_used"] == "swift" and swift["skip"] == REJECTING_SET
+    assert 0 < swift["accepted"] < swift["drafted"]   # speculation with rejections, not plain vs plain
     assert results["off"]["tokens"] == results["swift"]["tokens"] == results["auto"]["tokens"]
     assert results["off"]["text"] == results["swift"]["text"]
 
@@ -168,9 +194,10 @@ def test_generate_with_the_optimized_profile_speculates_losslessly(fixture_k1, o
 # -- bench -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("peer", ["--no-peer", "--peer"])
-def test_bench_json_summary(model_path, two_prompts, tmp_path, peer):
+def test_bench_json_summary(model_path, two_prompts, tmp_path, rejecting_profile, peer):
     plot = tmp_path / "bench.png"
-    args = ["bench", "-m", model_path, "--prompts", two_prompts, "-n", 16, "--pairs", 1, "--json", peer, *FAST]
+    args = ["bench", "-m", model_path, "--prompts", two_prompts, "-n", 16, "--pairs", 1, "--json", peer,
+            "-t", 1, "--spec", "swift", "--profile", rejecting_profile, "--draft-max", 4]
     if peer == "--peer":
         args += ["--plot", plot]
     data = json.loads(ok(*args).stdout)
@@ -178,7 +205,37 @@ def test_bench_json_summary(model_path, two_prompts, tmp_path, peer):
     for key in SUMMARY_KEYS:
         assert key in summary, key
     assert summary["prompts"] == 2 and len(data["rows"]) == 2
-    assert summary["identical_outputs"] is True   # greedy swift == greedy plain
+    assert data["config"]["mode"] == "swift" and data["skip"] == REJECTING_SET
+    assert 0 < sum(r["accepted"] for r in data["rows"]) < sum(r["drafted"] for r in data["rows"])
+    assert summary["identical_outputs"] is True   # greedy swift (with rejections) == greedy plain
     assert ("peer_speedup_median" in summary) == (peer == "--peer")
     if peer == "--peer":
         assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+# -- option bounds ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, bound, inside, outside", [
+    ("draft_p_min", limits.DRAFT_P_MIN, [1.0, 1e-6, 0.8], [0.0, -0.1, 1.01]),
+    ("draft_max", limits.DRAFT_MAX, [1, 64], [0, -3]),
+    ("ctx_size", limits.CTX_SIZE, [16, 4096], [15, 0]),
+    ("n_gpu_layers", limits.GPU_LAYERS, [-1, 0, 99], [-2]),
+    ("threads", limits.THREADS, [1, 8], [0, -1]),
+    ("max_tokens", limits.MAX_TOKENS, [1, 512], [0, -5]),
+    ("top_k", limits.TOP_K, [0, 40], [-1]),
+    ("top_p", limits.PROBABILITY, [0.0, 1.0], [-0.01, 1.5]),
+    ("repeat_penalty", limits.REPEAT_PENALTY, [1e-3, 1.0, 2.0], [0.0, -1.0]),
+])
+def test_option_types_take_their_bounds_from_limits(option, bound, inside, outside):
+    """One source of truth: each option accepts exactly the values its bound contains."""
+    param = next(p for p in cli.generate.params if p.name == option)
+    for value in inside:
+        assert value in bound and param.type.convert(value, param, None) == value
+    for value in outside:
+        assert value not in bound
+        with pytest.raises(click.BadParameter):
+            param.type.convert(value, param, None)
+
+
+def test_bound_notation():
+    assert (str(limits.DRAFT_P_MIN), str(limits.CTX_SIZE), str(limits.PROBABILITY)) == ("(0, 1]", "[16, inf)", "[0, 1]")

@@ -45,23 +45,68 @@ def test_search_finds_the_inserted_blocks_of_the_fixture(fixture_k1, bench_promp
     assert results[1]["skip"] == r["skip"] and results[1]["probes"] == r["probes"]
 
 
-def run_fake_search(n_layer: int, score, probes: int, seed: int = 0) -> tuple[LayerSearch, list[str]]:
-    """Drive the search with a fake matchness function instead of the model."""
-    state = SearchState(n_layer, SearchConfig(seed=seed, patience=10_000, max_probes=10_000))
-    search = LayerSearch(state, cpu_like_costs(n_layer))
+def drive(search: LayerSearch, score, steps: int, until_done: bool = True) -> list[str]:
+    """Step the search with a fake matchness function instead of the model, `steps` times or
+    until it stops; returns the phases of the probes that improved the best set."""
     improvements = []
-    for _ in range(probes):
+    for _ in range(steps):
+        if until_done and not search.active:
+            break
         phase, skip, W = search._next()
         if phase == "reference":
             search._refs[W] = object()   # the fake needs no reference pass
             continue
         probe = Probe(skip, score(skip), 0.0, 0.0, phase)
         probe.draft_length, probe.predicted = predict(skip, probe.matchness, search.costs, 8)
-        before = state.best_predicted
+        before = search.state.best_predicted
         search._observe(probe)
-        if state.best_predicted > before:
+        if search.state.best_predicted > before:
             improvements.append(phase)
-    return search, improvements
+    return improvements
+
+
+def run_fake_search(n_layer: int, score, probes: int, seed: int = 0) -> tuple[LayerSearch, list[str]]:
+    state = SearchState(n_layer, SearchConfig(seed=seed, patience=10_000, max_probes=10_000))
+    search = LayerSearch(state, cpu_like_costs(n_layer))
+    return search, drive(search, score, probes, until_done=False)
+
+
+def mediocre(skip: SkipSet) -> float:
+    """A matchness that never reaches stop_matchness: rounds end by max_probes."""
+    return 0.6 if len(skip) <= 6 else 0.3
+
+
+def test_a_reopened_round_gets_max_probes_of_its_own():
+    """max_probes limits a round, not the model's life: after a task change (reopen) the
+    search probes again, first re-scoring its best set on the new text."""
+    n_layer = 8
+    search = LayerSearch(SearchState(n_layer, SearchConfig(max_probes=40, patience=10_000, bo_every=1000)),
+                         cpu_like_costs(n_layer))
+    drive(search, mediocre, 1000)
+    st = search.state
+    assert st.done and st.probes == st.round_probes == 40 and st.best is not None
+    best = st.best
+    search.reopen()
+    assert search.active and st.round_probes == 0 and st.best_matchness == 0.0
+    drive(search, mediocre, 1000)
+    assert st.done and st.round_probes == 40 and st.probes == 80
+    assert st.history[40]["phase"] == "rescore" and st.history[40]["size"] == len(best)
+
+
+def test_reset_gives_the_search_of_a_new_object():
+    """reset(seed) forgets the saved state and the object's own (references, optimiser, size
+    scores): the search then runs exactly as a new LayerSearch with that seed."""
+    n_layer = 10
+    config = dict(max_probes=30, patience=10_000, bo_every=12)   # one Bayesian step a run
+    used = LayerSearch(SearchState(n_layer, SearchConfig(seed=1, **config)), cpu_like_costs(n_layer))
+    drive(used, mediocre, 1000)
+    assert used.state.done and used._opt is not None
+    used.reset(seed=7)
+    assert used.active and used.state.probes == 0 and used.state.best is None
+    new = LayerSearch(SearchState(n_layer, SearchConfig(seed=7, **config)), cpu_like_costs(n_layer))
+    drive(used, mediocre, 1000)
+    drive(new, mediocre, 1000)
+    assert used.state.history == new.state.history and used.state.best == new.state.best
 
 
 def scan_importance(n_layer: int, kl_of, stop_after: int | None = None) -> tuple[LayerSearch, dict[str, int]]:
@@ -188,6 +233,7 @@ def make_profile(n_layer=30) -> profiles.Profile:
     st.importance[3] = float("nan")
     st.best = SkipSet.from_lists(n_layer, attention=[3, 5], ffn=[7])
     st.best_matchness, st.best_predicted, st.best_draft_length, st.probes = 0.8, 1.1, 3, 42
+    st.round_probes = 12
     return profiles.Profile("abc", "cpu", "model", st, cpu_like_costs(n_layer))
 
 
@@ -197,7 +243,7 @@ def test_profile_round_trip(tmp_path):
     got = profiles.load(path, "abc", "cpu", 30)
     assert got is not None
     assert got.state.best == make_profile().state.best
-    assert got.state.probes == 42 and np.isnan(got.state.importance[3])
+    assert got.state.probes == 42 and got.state.round_probes == 12 and np.isnan(got.state.importance[3])
     assert got.costs.v == cpu_like_costs(30).v
     d = json.loads(path.read_text())
     assert d["skip"] == {"attention": [3, 5], "ffn": [7]} and d["version"] == profiles.VERSION

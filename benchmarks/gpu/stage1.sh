@@ -37,7 +37,7 @@ set -u
 KIT=/tmp/kit
 export PATH=$PATH:/usr/local/cuda/bin
 start=$(date +%s)
-NOAMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"   # AMX matmul path segfaults (upstream-notes.md)
+NOAMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"   # AMX matmul path segfaults (docs/build-notes.md)
 ARGS=(-G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_FA=OFF -DCMAKE_BUILD_TYPE=Release
       -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
       -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_OPENSSL=OFF

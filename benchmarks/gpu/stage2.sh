@@ -74,7 +74,7 @@ main() {
     # -- the benchmark -------------------------------------------------------------------------------
     say "gpu_bench: $(( DEADLINE - 10 - $(date +%s) ))s to go"
     # shellcheck disable=SC2086
-    # The library links libstdc++ statically (it crashed at model load otherwise, upstream-notes.md);
+    # The library links libstdc++ statically (it crashed at model load otherwise, docs/build-notes.md);
     # a second, dynamic libstdc++ loaded by numpy/gguf/sklearn first then crashes std::regex in the
     # tokenizer (seen 2026-11-26 on an H200). Preloading the system one makes both the same copy.
     [ -f /lib/x86_64-linux-gnu/libstdc++.so.6 ] && export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
