@@ -251,7 +251,8 @@ def optimize(**kw):
 @main.command()
 @model_options
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
-              help="Prompt set (JSONL with a 'prompt' field); default: the built-in set.")
+              help="Prompt set: JSONL with a 'prompt' field, or Spec-Bench questions (question_id, "
+                   "category, turns: every turn runs); default: the built-in set.")
 @click.option("-n", "--max-tokens", type=int, default=128, show_default=True)
 @click.option("--pairs", type=int, default=3, show_default=True, help="Interleaved plain/swift pairs per prompt.")
 @click.option("--limit", type=int, default=None, help="Use only the first N prompts.")

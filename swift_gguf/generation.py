@@ -8,10 +8,18 @@ from typing import TextIO
 from .sampling import SamplingParams
 
 
-def render_prompt(llm, prompt: str, use_template: bool) -> str | list[int]:
-    """The prompt as text, or as tokens of a one-message chat in the model's own template."""
+def render_prompt(llm, prompt: str | list[dict], use_template: bool) -> str | list[int]:
+    """The prompt as text, or as tokens of a chat in the model's own template.
+
+    prompt is one user message, or a conversation ({"role", "content"} messages ending with a
+    user turn). Without the template a conversation is plain text: each answer follows its
+    question directly (as it was generated), the next question after a blank line.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if not use_template:
-        return prompt
+        if isinstance(prompt, str):
+            return prompt
+        return "".join(("\n\n" if m["role"] == "user" and i else "") + m["content"] for i, m in enumerate(messages))
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         from .errors import SwiftGGUFError
@@ -21,7 +29,7 @@ def render_prompt(llm, prompt: str, use_template: bool) -> str | list[int]:
     eos = llm.detokenize([llm.token_eos()]).decode("utf-8", errors="ignore")
     bos = llm.detokenize([llm.token_bos()]).decode("utf-8", errors="ignore")
     fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
-    text = fmt(messages=[{"role": "user", "content": prompt}]).prompt
+    text = fmt(messages=messages).prompt
     return llm.tokenize(text.encode("utf-8"), add_bos=not text.startswith(bos) or not bos, special=True)
 
 
