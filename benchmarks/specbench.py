@@ -360,6 +360,7 @@ def summarize(result: dict) -> dict:
     raw = result["raw"]
     base = raw["baseline"]
     speeds = {arm: _speeds(runs, cat_of) for arm, runs in raw.items()}
+    n_reps = min(len(reps) for reps in base.values())
     rows = {}
     for arm, runs in raw.items():
         sp = speeds[arm]
@@ -371,6 +372,9 @@ def summarize(result: dict) -> dict:
             "label": result["arms"][arm]["label"],
             "speedup": {c: _ratio(sp["by_cat"].get(c), speeds["baseline"]["by_cat"].get(c)) for c in CATEGORIES},
             "speedup_overall": _ratio(sp["overall"], speeds["baseline"]["overall"]),
+            # the same ratio within each repetition: its spread is the run's noise
+            "speedup_overall_by_rep": [_ratio(_speeds(_rep(runs, k), cat_of)["overall"],
+                                              _speeds(_rep(base, k), cat_of)["overall"]) for k in range(n_reps)],
             "tokens_per_second": round(sp["overall"], 3),
             "drafted": drafted, "accepted": accepted, "cycles": cycles,
             # Spec-Bench's "mean accepted tokens": tokens per verification cycle, bonus included
@@ -398,6 +402,10 @@ def _speeds(runs: dict, cat_of: dict) -> dict:
     by_cat = {c: tok[c] / sec[c] for c in tok if sec[c] > 0}
     all_s = sum(sec.values())
     return {"by_cat": by_cat, "overall": sum(tok.values()) / all_s if all_s else 0.0}
+
+
+def _rep(runs: dict, k: int) -> dict:
+    return {qid: reps[k:k + 1] for qid, reps in runs.items()}
 
 
 def _ratio(a, b):
@@ -572,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-category", type=int, default=6, help="questions per category (default: %(default)s)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of the whole interleaved set (default: %(default)s)")
     ap.add_argument("-n", "--max-tokens", type=int, default=128, help="new tokens per turn (default: %(default)s)")
-    ap.add_argument("-c", "--ctx", type=int, default=4096, help="context size (default: %(default)s)")
+    ap.add_argument("-c", "--ctx", type=int, default=2048,
+                    help="context size; the longest Spec-Bench prompt plus two turns fits (default: %(default)s)")
     ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--format", choices=["auto", "chat", "plain"], default="auto",
                     help="prompt format: the chat template, or 'Question: ...\\nAnswer:' (auto: chat if the model has a template)")

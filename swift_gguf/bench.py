@@ -25,7 +25,9 @@ def _peer(llm):
     return llama_cpp.Llama(llm.model_path, n_ctx=llm.n_ctx(), n_threads=llm.n_threads,
                            n_threads_batch=llm.n_threads_batch, n_gpu_layers=llm.model_params.n_gpu_layers,
                            flash_attn=True, verbose=False,
-                           draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
+                           # with a draft model Llama keeps every position's logits, but sizes that
+                           # buffer by logits_all (else n_batch rows: longer prompts fail)
+                           logits_all=True, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
 
 
 def _run_swift(llm, tokens, mode: str, max_tokens: int) -> dict:
