@@ -232,7 +232,8 @@ def optimize(**kw):
 @main.command()
 @model_options
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
-              help="Prompt set (JSONL with a 'prompt' field); default: the built-in set.")
+              help="Prompt set: JSONL with a 'prompt' field, or Spec-Bench questions (question_id, "
+                   "category, turns: every turn runs); default: the built-in set.")
 @click.option("-n", "--max-tokens", default=128, show_default=True,
               type=click_type(limits.MAX_TOKENS, True, "Generate at least 1 token."))
 @click.option("--pairs", default=3, show_default=True, help="Interleaved plain/swift pairs per prompt.",

@@ -79,10 +79,34 @@ def machines(results: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
-def render(results: dict[str, dict], gpu: dict[str, dict], plots: list[tuple[str, str]]) -> str:
+def specbench_sections(runs: dict[str, dict]) -> list[str]:
+    """Spec-Bench tables, the latest run per model, in Spec-Bench's own format."""
+    from benchmarks.specbench import costs_line, markdown_table
+    latest = {}
+    for name, r in sorted(runs.items()):   # names end in the date: the last one per model wins
+        latest[r["config"]["model_name"]] = (name, r)
+    parts = []
+    for model, (name, r) in latest.items():
+        c = r["config"]
+        sel = c.get("server_selection") or {}
+        parts += [f"### Spec-Bench, {model} ([{name}](benchmarks/results/{name}.json); {c['date']}, "
+                  f"{c['questions']} questions × {c['reps']} repetitions, {c['max_tokens']} tokens per turn, "
+                  f"{c['threads']} threads, `{c['command']}`)",
+                  markdown_table(r),
+                  f"Speedups against the first row (same run, interleaved); v(n) from the same run: {costs_line(r)}."
+                  + (f" llama-server's spec type chosen on {len(sel['questions'])} questions: "
+                     + ", ".join(f"{k} {v:.1f} tok/s" for k, v in sel["tokens_per_second"].items()) + "."
+                     if sel else "")]
+    return parts
+
+
+def render(results: dict[str, dict], gpu: dict[str, dict], plots: list[tuple[str, str]],
+           specbench: dict[str, dict] | None = None) -> str:
     parts = [BEGIN, "### Summary (one row per scenario; ratios are same-run, interleaved)",
              summary_table(results), "### Speedup by prompt category", category_table(results),
              "### Measured costs (units of one plain decode step)", costs_table(results)]
+    if specbench:
+        parts += specbench_sections(specbench)
     if gpu:
         parts += [f"### GPU rows ({', '.join(sorted(_gpu_names()))}; "
                   "benchmarks/results/gpu, made by benchmarks/gpu)",
@@ -163,16 +187,22 @@ def load(folder: Path, pattern: str) -> dict[str, dict]:
     return {k: v for k, v in results.items() if "summary" in v and v.get("rows")}
 
 
+def load_specbench(folder: Path) -> dict[str, dict]:
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("specbench-*.json"))}
+    return {k: v for k, v in runs.items() if v.get("benchmark") == "spec-bench" and "table" in v}
+
+
 def main() -> int:
     results = load(RESULTS, "*.json")
     gpu = load(GPU_RESULTS, GPU_PATTERN)
+    specbench = load_specbench(RESULTS)
     plots = make_plots(results, gpu)
     text = REPORT.read_text() if REPORT.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    REPORT.write_text(head + render(results, gpu, plots) + tail)
-    print(f"wrote {REPORT} from {len(results)} CPU and {len(gpu)} GPU result files, {len(plots)} plots",
-          file=sys.stderr)
+    REPORT.write_text(head + render(results, gpu, plots, specbench) + tail)
+    print(f"wrote {REPORT} from {len(results)} CPU, {len(gpu)} GPU and {len(specbench)} Spec-Bench result files, "
+          f"{len(plots)} plots", file=sys.stderr)
     return 0
 
 

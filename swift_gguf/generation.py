@@ -8,13 +8,21 @@ from typing import TextIO
 from .sampling import SamplingParams
 
 
-def render_prompt(llm, prompt: str, use_template: bool) -> str | list[int]:
-    """The prompt as text, or as tokens of a one-message chat in the model's own template."""
+def render_prompt(llm, prompt: str | list[dict], use_template: bool) -> str | list[int]:
+    """The prompt as text, or as tokens of a chat in the model's own template.
+
+    prompt is one user message, or a conversation ({"role", "content"} messages ending with a
+    user turn). Without the template a conversation is plain text: each answer follows its
+    question directly (as it was generated), the next question after a blank line.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if not use_template:
-        return prompt
+        if isinstance(prompt, str):
+            return prompt
+        return "".join(("\n\n" if m["role"] == "user" and i else "") + m["content"] for i, m in enumerate(messages))
     from .template import ChatTemplate
     template = ChatTemplate(llm, fix="drop --chat-template (plain completion), or use a chat model.")
-    return template.tokens([{"role": "user", "content": prompt}])
+    return template.tokens(messages)
 
 
 def context_limit(llm) -> int:

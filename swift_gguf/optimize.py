@@ -18,7 +18,13 @@ from .generation import render_prompt
 
 
 def load_prompts(path: str | None, default: str = "bench") -> list[dict]:
-    """Prompts from a JSONL file (a "prompt" field per line), or the built-in set."""
+    """Prompts from a JSONL file, or the built-in set.
+
+    A line is {"prompt": "..."} (optional "id", "category"), or a Spec-Bench question
+    {"question_id", "category", "turns": [...]}: its first turn becomes "prompt", all of them
+    "turns" (the benchmark runs every turn), and Spec-Bench's column ("spec_bench_category",
+    where present) its category.
+    """
     if path is None:
         text = resources.files("swift_gguf").joinpath("data", f"{default}.jsonl").read_text(encoding="utf-8")
         source = f"built-in {default} prompts"
@@ -38,9 +44,11 @@ def load_prompts(path: str | None, default: str = "bench") -> list[dict]:
         except json.JSONDecodeError as e:
             raise SwiftGGUFError(f"{source}, line {lineno}: not valid JSON ({e.msg}); a prompts file is JSONL.\n"
                                  'Fix: one JSON object per line, e.g. {"prompt": "Hello"}.') from None
+        if isinstance(row, dict) and "turns" in row and "prompt" not in row:
+            row = _spec_bench_row(row, source, lineno)
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise SwiftGGUFError(f"{source}, line {lineno}: no non-empty \"prompt\" string field.\n"
-                                 'Fix: each line needs {"prompt": "..."}.')
+                                 'Fix: each line needs {"prompt": "..."} (or Spec-Bench\'s {"turns": ["..."]}).')
         row.setdefault("id", f"p{lineno:02d}")
         row.setdefault("category", "")
         prompts.append(row)
@@ -48,6 +56,18 @@ def load_prompts(path: str | None, default: str = "bench") -> list[dict]:
         raise SwiftGGUFError(f"{source} holds no prompts.\n"
                              'Fix: add one JSON object per line, e.g. {"prompt": "Hello"}.')
     return prompts
+
+
+def _spec_bench_row(row: dict, source: str, lineno: int) -> dict:
+    turns = row["turns"]
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise SwiftGGUFError(f"{source}, line {lineno}: \"turns\" must be a list of non-empty strings.\n"
+                             'Fix: e.g. {"question_id": 1, "category": "qa", "turns": ["Who wrote Hamlet?"]}.')
+    out = {"prompt": turns[0], "turns": turns,
+           "category": str(row.get("spec_bench_category") or row.get("category") or "")}
+    if "question_id" in row:
+        out["id"] = str(row["question_id"])
+    return out
 
 
 def _stream_of(llm) -> Stream:

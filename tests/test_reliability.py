@@ -140,6 +140,7 @@ BAD_PROMPT_FILES = {
     "not-jsonl": ('{"prompt": "fine"}\n\nWrite a poem about the sea\n',
                   ["line 3", "not valid JSON", '{"prompt": "Hello"}']),
     "no-prompt-field": ('{"prompt": "fine"}\n{"text": "no prompt here"}\n', ["line 2", '"prompt"', "Fix:"]),
+    "spec-bench-no-turns": ('{"question_id": 1, "category": "qa", "turns": []}\n', ["line 1", '"turns"', "Fix:"]),
 }
 
 
