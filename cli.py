@@ -29,6 +29,9 @@ def model_options(f):
         click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)."),
         click.option("--spec", type=click.Choice(["off", "swift", "auto"]), default="auto", show_default=True,
                      help="off: plain decoding; swift: always speculate; auto: only where it pays."),
+        click.option("--spec-type", type=click.Choice(["auto", "layer-skip", "ngram", "lookup"]), default=None,
+                     help="Drafters (as llama.cpp's --spec-type): auto (chosen per cycle), layer-skip, "
+                          "ngram / lookup (prompt lookup). Default: layer-skip with --spec swift, auto with --spec auto."),
         click.option("--draft-max", type=int, default=None, help="Max drafted tokens per cycle (default: adaptive)."),
         click.option("--draft-p-min", type=float, default=0.8, show_default=True,
                      help="Confidence threshold epsilon: stop drafting below this top-1 probability."),
@@ -121,7 +124,8 @@ def check_output_paths(**paths) -> None:
             raise click.BadParameter(f"{value}: the folder {folder} is not writable", param_hint=option)
 
 
-def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose, **_):
+def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose,
+               spec_type=None, **_):
     """Resolve the model spec and load it as a SwiftLlama (with clear errors)."""
     check_options(ctx_size=ctx_size, n_gpu_layers=n_gpu_layers, threads=threads, draft_max=draft_max,
                   draft_p_min=draft_p_min)
@@ -133,7 +137,7 @@ def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_
         click.echo("warning: this llama.cpp build has no GPU backend; -ngl ignored, running on the CPU. "
                    "Build one with CMAKE_ARGS=\"-DGGML_CUDA=on\" python native/build.py", err=True)
         n_gpu_layers = 0
-    kwargs = dict(n_ctx=ctx_size, n_gpu_layers=n_gpu_layers, spec=spec, draft_max=draft_max,
+    kwargs = dict(n_ctx=ctx_size, n_gpu_layers=n_gpu_layers, spec=spec, spec_type=spec_type, draft_max=draft_max,
                   draft_p_min=draft_p_min, profile=None if profile == "none" else profile, verbose=verbose,
                   flash_attn=True)   # llama.cpp's tools default to -fa auto: on where the backend supports it
     if threads:
@@ -149,8 +153,8 @@ def split(kwargs: dict, names: tuple[str, ...]) -> dict:
     return {k: kwargs[k] for k in names if k in kwargs}
 
 
-MODEL_KEYS = ("model", "ctx_size", "n_gpu_layers", "threads", "spec", "draft_max", "draft_p_min", "profile",
-              "verbose")
+MODEL_KEYS = ("model", "ctx_size", "n_gpu_layers", "threads", "spec", "spec_type", "draft_max", "draft_p_min",
+              "profile", "verbose")
 SAMPLING_KEYS = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
 
 
@@ -170,7 +174,8 @@ def main():
 @model_options
 @sampling_options
 @click.option("--system", default=None, help="System prompt.")
-@click.option("--color", is_flag=True, help="Mark tokens that came from accepted drafts.")
+@click.option("--color", is_flag=True,
+              help="Mark tokens from accepted drafts: green from layer skipping, cyan from prompt lookup.")
 @user_errors
 def chat(**kw):
     """Chat with a model (streaming; /help for commands)."""
