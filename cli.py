@@ -36,6 +36,9 @@ def model_options(f):
                      type=click_type(limits.THREADS, True, "Use at least 1 thread (or leave the option out).")),
         click.option("--spec", type=click.Choice(["off", "swift", "auto"]), default="auto", show_default=True,
                      help="off: plain decoding; swift: always speculate; auto: only where it pays."),
+        click.option("--spec-type", type=click.Choice(["auto", "layer-skip", "ngram", "lookup"]), default=None,
+                     help="Drafters (as llama.cpp's --spec-type): auto (chosen per cycle), layer-skip, "
+                          "ngram / lookup (prompt lookup). Default: layer-skip with --spec swift, auto with --spec auto."),
         click.option("--draft-max", default=None, help="Max drafted tokens per cycle (default: adaptive).",
                      type=click_type(limits.DRAFT_MAX, True, "Draft at least 1 token, or use --spec off.")),
         click.option("--draft-p-min", default=0.8, show_default=True,
@@ -108,7 +111,8 @@ def check_output_paths(**paths) -> None:
             raise click.BadParameter(f"{value}: the folder {folder} is not writable", param_hint=option)
 
 
-def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose, **_):
+def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose,
+               spec_type=None, **_):
     """Resolve the model spec and load it as a SwiftLlama (with clear errors)."""
     from swift_gguf.models import resolve_model
     path = resolve_model(model)
@@ -118,7 +122,7 @@ def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_
         click.echo("warning: this llama.cpp build has no GPU backend; -ngl ignored, running on the CPU. "
                    "Build one with CMAKE_ARGS=\"-DGGML_CUDA=on\" python native/build.py", err=True)
         n_gpu_layers = 0
-    kwargs = dict(n_ctx=ctx_size, n_gpu_layers=n_gpu_layers, spec=spec, draft_max=draft_max,
+    kwargs = dict(n_ctx=ctx_size, n_gpu_layers=n_gpu_layers, spec=spec, spec_type=spec_type, draft_max=draft_max,
                   draft_p_min=draft_p_min, profile=None if profile == "none" else profile, verbose=verbose,
                   flash_attn=True)   # llama.cpp's tools default to -fa auto: on where the backend supports it
     if threads:
@@ -134,8 +138,8 @@ def split(kwargs: dict, names: tuple[str, ...]) -> dict:
     return {k: kwargs[k] for k in names if k in kwargs}
 
 
-MODEL_KEYS = ("model", "ctx_size", "n_gpu_layers", "threads", "spec", "draft_max", "draft_p_min", "profile",
-              "verbose")
+MODEL_KEYS = ("model", "ctx_size", "n_gpu_layers", "threads", "spec", "spec_type", "draft_max", "draft_p_min",
+              "profile", "verbose")
 SAMPLING_KEYS = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
 
 
@@ -155,7 +159,8 @@ def main():
 @model_options
 @sampling_options
 @click.option("--system", default=None, help="System prompt.")
-@click.option("--color", is_flag=True, help="Mark tokens that came from accepted drafts.")
+@click.option("--color", is_flag=True,
+              help="Mark tokens from accepted drafts: green from layer skipping, cyan from prompt lookup.")
 @user_errors
 def chat(**kw):
     """Chat with a model (streaming; /help for commands)."""

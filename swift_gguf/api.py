@@ -53,6 +53,8 @@ class SwiftLlama(llama_cpp.Llama):
 
     Args (besides all of `Llama`'s):
         spec: "auto" (default: speculate only where it pays), "swift" (always), "off".
+        spec_type: the drafters: "auto" (chosen per cycle), "layer-skip", "ngram" (prompt lookup);
+            default: layer-skip for spec="swift", auto for spec="auto" (llama.cpp's --spec-type).
         draft_max: maximum drafted tokens per cycle (default: chosen from measured costs).
         draft_p_min: stop drafting after a token whose top-1 probability is below this.
         skip: a fixed SkipSet (disables the search).
@@ -60,11 +62,11 @@ class SwiftLlama(llama_cpp.Llama):
         search: SearchConfig for the on-the-fly search.
     """
 
-    def __init__(self, model_path: str, *, spec: str = "auto", draft_max: int | None = None,
-                 draft_p_min: float = 0.8, skip: SkipSet | None = None,
+    def __init__(self, model_path: str, *, spec: str = "auto", spec_type: str | None = None,
+                 draft_max: int | None = None, draft_p_min: float = 0.8, skip: SkipSet | None = None,
                  profile: str | Path | None = "auto", search: SearchConfig | None = None,
                  verbose: bool = False, **kwargs):
-        config = SpecConfig(mode=spec, draft_max=draft_max, draft_p_min=draft_p_min, skip=skip,
+        config = SpecConfig(mode=spec, spec_type=spec_type, draft_max=draft_max, draft_p_min=draft_p_min, skip=skip,
                             search=search or SearchConfig())
         info = check_gguf(model_path)
         vocab_only = bool(kwargs.get("vocab_only"))
@@ -94,10 +96,11 @@ class SwiftLlama(llama_cpp.Llama):
         self._n_ctx = min(self._n_ctx, len(self.input_ids))
         self.rt.n_ctx = self._n_ctx
         supported, reason = self._layer_skip_support(info.architecture)
+        rollback = not self._cannot_roll_back(info.architecture)
         self._profile_path, prof = self._load_profile(profile, config.search)
         self.engine = SwiftEngine(self.rt, config, costs=prof.costs if prof else None,
                                   search_state=prof.state if prof else None,
-                                  supported=supported, reason=reason)
+                                  supported=supported, reason=reason, rollback=rollback)
         self._profile_saved_at = self._search_mark()
 
     # -- setup ------------------------------------------------------------------------
@@ -119,9 +122,12 @@ class SwiftLlama(llama_cpp.Llama):
         params.kv_unified = True
         self._swift_context_params = params
 
+    def _cannot_roll_back(self, arch: str) -> bool:
+        return bool(is_recurrent_arch(arch) or C.llama_model_is_recurrent(self._model.model)
+                    or C.llama_model_is_hybrid(self._model.model))
+
     def _layer_skip_support(self, arch: str) -> tuple[bool, str]:
-        if is_recurrent_arch(arch) or C.llama_model_is_recurrent(self._model.model) \
-                or C.llama_model_is_hybrid(self._model.model):
+        if self._cannot_roll_back(arch):
             return False, f"{arch} is a recurrent/hybrid model: its state cannot be rolled back"
         if not native.layer_skip_supported(self._model.model):
             return False, f"architecture {arch} does not support layer skipping yet"

@@ -183,6 +183,7 @@ def _row(p: dict, runs: dict) -> dict:
         "drafted": drafted, "accepted": accepted, "cycles": cycles,
         "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
         "mean_accepted": round(accepted / cycles, 4) if cycles else 0.0,
+        "drafters": _drafter_totals(s["stats"] for s in swift),
         "bound": round(statistics.median(bounds), 4) if bounds else None,
         "mode_used": [s["stats"]["mode_used"] for s in swift],
         "identical": all(s["tokens"] == plain[0]["tokens"] for s in swift + plain),
@@ -203,6 +204,17 @@ def _row(p: dict, runs: dict) -> dict:
     return row
 
 
+def _drafter_totals(stats) -> dict:
+    """Cycles, drafted and accepted tokens per drafter, summed over runs."""
+    out: dict[str, dict] = {}
+    for st in stats:
+        for name, d in st.get("drafters", {}).items():
+            t = out.setdefault(name, {"cycles": 0, "drafted": 0, "accepted": 0})
+            for k in t:
+                t[k] += d[k]
+    return out
+
+
 def _summary(rows: list[dict]) -> dict:
     sp = [r["speedup"] for r in rows]
     drafted = sum(r["drafted"] for r in rows)
@@ -218,6 +230,7 @@ def _summary(rows: list[dict]) -> dict:
            "bound": round(statistics.median(bounds), 4) if bounds else None,
            "efficiency": round(statistics.median(effs), 4) if effs else None,
            "identical_outputs": all(r["identical"] for r in rows),
+           "drafters": _drafter_totals(rows),
            "search_share": round(statistics.median(r["search_share"] for r in rows), 4),
            # the whole scenario's tokens/s ratio: a search that runs early is paid once, here
            "speedup_aggregate": _aggregate(rows),
@@ -254,6 +267,7 @@ def _config(llm, max_tokens: int, pairs: int, mode: str) -> dict:
     from . import native
     return {"model": llm.model_path, "n_layer": llm.rt.n_layer, "n_ctx": llm.n_ctx(),
             "threads": llm.n_threads, "n_gpu_layers": llm.model_params.n_gpu_layers, "mode": mode,
+            "spec_type": llm.engine.config.spec_type,
             "max_tokens": max_tokens, "pairs": pairs, "draft_p_min": llm.engine.config.draft_p_min,
             "draft_max": llm.engine.config.draft_max, "flash_attn": True,
             "llama_cpp_python": llama_cpp.__version__, "backends": native.backends(),

@@ -29,15 +29,17 @@ commands:
   /exit, /quit  leave (Ctrl-D at the prompt too)
 Ctrl-C stops a reply; at the prompt it leaves. Start a message with // to send a literal /."""
 
-DRAFT_COLOR = "\x1b[32m"   # green: tokens from accepted drafts
+DRAFT_COLOR = "\x1b[32m"   # green: tokens from accepted layer-skip drafts
+DRAFTER_COLORS = {"layer-skip": DRAFT_COLOR, "ngram": "\x1b[36m"}   # cyan: from prompt lookup
 DIM = "\x1b[2m"
 RESET = "\x1b[0m"
 
 
 class Piece(NamedTuple):
-    """A piece of streamed reply text and whether its token came from an accepted draft."""
+    """A piece of streamed reply text and whether (and from which drafter) its token came from an accepted draft."""
     text: str
     from_draft: bool = False
+    drafter: str = ""
 
 
 # -- streamed text -----------------------------------------------------------------------
@@ -89,8 +91,8 @@ class StopFilter:
                 out.append(self._held.pop(0))
                 n -= len(p.text)
             else:
-                out.append(Piece(p.text[:n], p.from_draft))
-                self._held[0] = Piece(p.text[n:], p.from_draft)
+                out.append(p._replace(text=p.text[:n]))
+                self._held[0] = p._replace(text=p.text[n:])
                 n = 0
         return out
 
@@ -157,7 +159,7 @@ class ChatSession:
                 if self.template.ends_turn(tok.id):
                     break   # the text held back so far is still part of the reply
                 text = decoder.decode(llm.detokenize([tok.id]))
-                ready, stopped = stops.feed(Piece(text, tok.from_draft))
+                ready, stopped = stops.feed(Piece(text, tok.from_draft, tok.drafter))
                 yield from ready
                 if stopped:
                     return
@@ -258,7 +260,7 @@ class ChatUI:
     def reply(self, text: str) -> None:
         """Stream one reply; Ctrl-C stops it (the engine's cleanup runs), errors are reported."""
         pieces = self.session.reply(text)
-        in_color = False
+        in_color = ""
         try:
             for piece in pieces:
                 in_color = self._write(piece, in_color)
@@ -274,15 +276,17 @@ class ChatUI:
             self._end(in_color, "")
         self.stats_line()
 
-    def _write(self, piece: Piece, in_color: bool) -> bool:
-        if self.color and piece.from_draft != in_color:
-            self.out.write(DRAFT_COLOR if piece.from_draft else RESET)
-            in_color = piece.from_draft
+    def _write(self, piece: Piece, in_color: str) -> str:
+        """Write a piece in its drafter's color (where colors are on); returns the color now in use."""
+        color = DRAFTER_COLORS.get(piece.drafter, DRAFT_COLOR) if piece.from_draft else ""
+        if self.color and color != in_color:
+            self.out.write(color or RESET)
+            in_color = color
         self.out.write(piece.text)
         self.out.flush()
         return in_color
 
-    def _end(self, in_color: bool, note: str) -> None:
+    def _end(self, in_color: str, note: str) -> None:
         self.say((RESET if in_color else "") + note)
 
     def stats_line(self) -> None:

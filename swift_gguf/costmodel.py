@@ -1,66 +1,221 @@
 """When does speculation pay? Measured costs and the speedup formula.
 
-Costs are in units of one plain single-token decode step (docs/cost-model.md):
-c(set) for one draft step with a skip set, v(n) for verifying n tokens with logits
-for all of them. A cycle drafting d tokens with per-token acceptance a emits
-E = (1 - a^(d+1)) / (1 - a) tokens on average and costs d*c + v(d+1):
+Costs are in units of one plain single-token decode step at the same context length
+(docs/cost-model.md): c for one draft step, v(n) for verifying n tokens with logits
+for all of them. A cycle drafting d tokens whose draft positions are accepted with
+conditional probabilities p_1..p_d (position i is reached only if 1..i-1 were accepted)
+emits E = 1 + p_1 + p_1 p_2 + ... + p_1...p_d tokens on average (the verifier's own token
+included) and costs c_fixed + d*c + v(d+1):
 
-    S = E / (d*c + v(d+1))
+    S = E / (c_fixed + d*c + v(d+1))
+
+Each measured thing is kept apart (`Costs`):
+  calibration  measured once per model on a scratch sequence, at one context length:
+               t_plain, v(n) and the per-sub-layer cost shares (saved in the profile)
+  live         what generation measures as it runs, per context-length bucket: plain-step
+               decode seconds, verification decode seconds per batch size (no Python
+               sampling in either), and each drafter's own draft seconds
+The live numbers describe this machine now (load, context length); the calibration gives the
+shape of v(n) where live numbers are missing. Verification gets dearer with context (each query
+row of a verification batch reads all of K and V), so v is looked up per bucket.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from .skipset import SkipSet
 
-EMA = 0.2  # weight of a new measurement in running averages
+EMA = 0.2           # weight of a new measurement in running averages
+BUCKET_BASE = 128   # context buckets: [0, 128), [128, 256), [256, 512), ... (each doubles)
+MIN_LIVE = 2        # live observations before a live number replaces the calibration's
+OUTLIER = 3.0       # a live sample counts at most this multiple of the running average
+V_REFRESH = 16      # live observations in a bucket between recomputations of its v table
+V_MAX = 64          # verification sizes the tables cover (v[n] for n <= V_MAX)
+
+
+def bucket(n_ctx: int) -> int:
+    """The context-length bucket of a context holding n_ctx tokens."""
+    return max(0, n_ctx // BUCKET_BASE).bit_length()
+
+
+class Ema:
+    """A running average of seconds that shrugs off outliers, with its observation count.
+
+    Disturbances only ever make a call slower: the first call of a batch shape builds its graph
+    (measured: 2.6 s for a 53 ms call), another process takes the CPU. So the second sample
+    replaces the first where it is smaller, and later samples count at most OUTLIER x the average.
+    """
+    __slots__ = ("mean", "n")
+
+    def __init__(self) -> None:
+        self.mean, self.n = 0.0, 0
+
+    def add(self, x: float) -> None:
+        if self.n == 0:
+            self.mean = x
+        elif self.n == 1:
+            self.mean = min(self.mean, x)
+        else:
+            self.mean = (1 - EMA) * self.mean + EMA * min(x, OUTLIER * self.mean)
+        self.n += 1
+
+
+class LiveCosts:
+    """Live decode timings per context bucket, and each drafter's draft timings (never saved)."""
+
+    def __init__(self) -> None:
+        self.plain: dict[int, Ema] = {}               # bucket -> seconds per plain decode step
+        self.verify: dict[int, dict[int, Ema]] = {}   # bucket -> n -> seconds per verification of n
+        self.draft: dict[str, Ema] = {}               # drafter -> draft cost (plain steps, see observe_draft)
+        self.changes: dict[int, int] = {}             # bucket -> observations (drives table refreshes)
+
+    def to_json(self) -> dict:
+        return {
+            "plain_ms": {str(b): round(e.mean * 1e3, 4) for b, e in sorted(self.plain.items())},
+            "verify_ms": {str(b): {str(n): round(e.mean * 1e3, 4) for n, e in sorted(vs.items())}
+                          for b, vs in sorted(self.verify.items())},
+            "draft": {k: round(e.mean, 5) for k, e in sorted(self.draft.items())},
+        }
 
 
 @dataclass
 class Costs:
-    """Measured decode costs on this backend, relative to one plain decode step."""
-    t_plain: float = 0.0                                 # seconds per plain decode step
-    v: dict[int, float] = field(default_factory=dict)    # n -> cost of verifying n tokens
-    attn: float = 0.0   # cost share of one inner attention sub-layer
-    ffn: float = 0.0    # cost share of one inner FFN sub-layer
+    """Decode costs on this backend: the calibration (saved) and live measurements (kept apart)."""
+    t_plain: float = 0.0                                 # calibration: seconds per plain decode step
+    v: dict[int, float] = field(default_factory=dict)    # calibration: n -> cost of verifying n tokens
+    attn: float = 0.0   # calibration: cost share of one inner attention sub-layer
+    ffn: float = 0.0    # calibration: cost share of one inner FFN sub-layer
+    n_ctx: int = 0      # calibration: the context length it ran at
+    live: LiveCosts = field(default_factory=LiveCosts, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._tables: dict[int, tuple[int, np.ndarray]] = {}   # bucket -> (changes when built, v table)
 
     @property
     def known(self) -> bool:
         return self.t_plain > 0 and len(self.v) >= 2
+
+    # -- calibration-based predictions (the search compares skip sets with these) ----------
 
     def c(self, skip: SkipSet) -> float:
         """Predicted cost of one draft step with skip set (at least 2% of a step)."""
         return max(1.0 - len(skip.attention) * self.attn - len(skip.ffn) * self.ffn, 0.02)
 
     def verify(self, n: int) -> float:
-        """v(n), interpolated linearly between measured points (v(1) = 1)."""
-        pts = sorted({1: 1.0, **self.v}.items())
-        if n <= pts[0][0]:
-            return pts[0][1]
-        for (n0, v0), (n1, v1) in zip(pts, pts[1:]):
-            if n <= n1:
-                return v0 + (v1 - v0) * (n - n0) / (n1 - n0)
-        (n0, v0), (n1, v1) = pts[-2], pts[-1]
-        return v1 + (v1 - v0) / (n1 - n0) * (n - n1)
+        """The calibration's v(n), interpolated linearly between measured points (v(1) = 1)."""
+        return _interpolate({1: 1.0, **self.v}, n)
 
-    def observe_plain(self, seconds: float) -> None:
-        self.t_plain = seconds if self.t_plain <= 0 else (1 - EMA) * self.t_plain + EMA * seconds
+    # -- live measurements ----------------------------------------------------------------
 
-    def observe_verify(self, n: int, seconds: float) -> None:
-        if self.t_plain <= 0:
-            return
-        r = seconds / self.t_plain
-        self.v[n] = r if n not in self.v else (1 - EMA) * self.v[n] + EMA * r
+    def observe_plain(self, n_ctx: int, seconds: float) -> None:
+        self._live(n_ctx, self.live.plain.setdefault(bucket(n_ctx), Ema()), seconds)
+
+    def observe_verify(self, n_ctx: int, n: int, seconds: float) -> None:
+        b = bucket(n_ctx)
+        self._live(n_ctx, self.live.verify.setdefault(b, {}).setdefault(n, Ema()), seconds)
+
+    def observe_draft(self, drafter: str, n_ctx: int, seconds: float, per: int = 1) -> None:
+        """A drafter's cost in plain steps at this context: seconds / per (per token, or 1 per cycle)."""
+        t1 = self.plain_seconds(n_ctx)
+        if t1 > 0 and per > 0:
+            self.live.draft.setdefault(drafter, Ema()).add(seconds / per / t1)
+
+    def live_verify_count(self, n_ctx: int, n: int) -> int:
+        """How often verifying n tokens was timed in this context's bucket."""
+        e = self.live.verify.get(bucket(n_ctx), {}).get(n)
+        return e.n if e is not None else 0
+
+    def draft_cost(self, drafter: str) -> float | None:
+        """The drafter's live draft cost in plain steps (None before it has drafted)."""
+        e = self.live.draft.get(drafter)
+        return e.mean if e is not None and e.n >= MIN_LIVE else None
+
+    def reset_draft(self, drafter: str) -> None:
+        """Forget a drafter's live cost (its skip set changed)."""
+        self.live.draft.pop(drafter, None)
+
+    def _live(self, n_ctx: int, ema: Ema, seconds: float) -> None:
+        ema.add(seconds)
+        b = bucket(n_ctx)
+        self.live.changes[b] = self.live.changes.get(b, 0) + 1
+
+    # -- what the controller asks ------------------------------------------------------------
+
+    def plain_seconds(self, n_ctx: int) -> float:
+        """Seconds of one plain decode step at this context (live where measured, else the nearest)."""
+        b = bucket(n_ctx)
+        e = self.live.plain.get(b)
+        if e is not None and e.n >= MIN_LIVE:
+            return e.mean
+        if self.t_plain > 0 and (bucket(self.n_ctx) == b or not self.live.plain):
+            return self.t_plain
+        known = [(abs(k - b), k) for k, e in self.live.plain.items() if e.n >= 1]
+        return self.live.plain[min(known)[1]].mean if known else self.t_plain
+
+    def v_table(self, n_ctx: int) -> np.ndarray:
+        """v[n] for n = 0..V_MAX at this context, in plain steps of this context (v[1] = 1).
+
+        Live verification times of this bucket where measured; elsewhere the calibration's curve,
+        shifted for the context (each of n rows pays the plain step's growth in attention since
+        the calibration's context) and scaled to the nearest live point's level. Cached per bucket.
+        """
+        b = bucket(n_ctx)
+        changes = self.live.changes.get(b, 0)
+        cached = self._tables.get(b)
+        if cached is not None and changes - cached[0] < V_REFRESH and (changes > 0 or cached[0] == 0):
+            return cached[1]
+        table = self._build_table(n_ctx)
+        self._tables[b] = (changes, table)
+        return table
+
+    def _build_table(self, n_ctx: int) -> np.ndarray:
+        b = bucket(n_ctx)
+        t1 = self.plain_seconds(n_ctx)
+        ns = np.arange(V_MAX + 1, dtype=np.float64)
+        if self.known and t1 > 0:
+            cal = np.array([self.verify(int(n)) for n in ns]) * self.t_plain
+            shape = (cal + ns * (t1 - self.t_plain)) / t1   # attention growth per row since calibration
+        else:   # nothing calibrated: assume verification costs what n plain steps cost
+            shape = ns.copy()
+        live = {n: e.mean / t1 for n, e in self.live.verify.get(b, {}).items()
+                if e.n >= MIN_LIVE and t1 > 0 and n <= V_MAX}
+        table = shape.copy()
+        if live:
+            pts = np.array(sorted(live))
+            for n in range(2, V_MAX + 1):
+                if n in live:
+                    table[n] = live[n]
+                else:   # the calibration's shape at the nearest live point's level
+                    near = int(pts[np.argmin(np.abs(pts - n))])
+                    table[n] = shape[n] * live[near] / max(shape[near], 1e-9)
+        table = np.minimum(np.maximum(table, 1.0), np.maximum(ns, 1.0))   # a batch of n: 1 to n steps
+        table[0] = 0.0
+        return np.maximum.accumulate(table)   # verifying more never costs less
+
+    # -- saving ---------------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["v"] = {str(k): round(x, 4) for k, x in sorted(self.v.items())}
-        return d
+        return {"t_plain": self.t_plain, "v": {str(k): round(x, 4) for k, x in sorted(self.v.items())},
+                "attn": self.attn, "ffn": self.ffn, "n_ctx": self.n_ctx, "live": self.live.to_json()}
 
     @classmethod
     def from_json(cls, d: dict) -> "Costs":
+        """The calibration of a saved profile (live measurements are not saved)."""
         return cls(t_plain=float(d["t_plain"]), v={int(k): float(x) for k, x in d["v"].items()},
-                   attn=float(d["attn"]), ffn=float(d["ffn"]))
+                   attn=float(d["attn"]), ffn=float(d["ffn"]), n_ctx=int(d.get("n_ctx", 0)))
+
+
+def _interpolate(points: dict[int, float], n: int) -> float:
+    pts = sorted(points.items())
+    if len(pts) == 1 or n <= pts[0][0]:
+        return pts[0][1]
+    for (n0, v0), (n1, v1) in zip(pts, pts[1:]):
+        if n <= n1:
+            return v0 + (v1 - v0) * (n - n0) / (n1 - n0)
+    (n0, v0), (n1, v1) = pts[-2], pts[-1]
+    return v1 + (v1 - v0) / (n1 - n0) * (n - n1)
 
 
 def expected_tokens(alpha: float, d: int) -> float:
@@ -75,7 +230,7 @@ def speedup(alpha: float, c: float, d: int, costs: Costs) -> float:
 
 
 def best_draft_length(alpha: float, c: float, costs: Costs, d_max: int) -> tuple[int, float]:
-    """(d, S) maximising the predicted speedup over draft lengths 1..d_max."""
+    """(d, S) maximising the predicted speedup over draft lengths 1..d_max (calibration's v)."""
     best = (1, speedup(alpha, c, 1, costs))
     for d in range(2, d_max + 1):
         s = speedup(alpha, c, d, costs)
@@ -89,3 +244,56 @@ def predict(skip: SkipSet, alpha: float, costs: Costs, d_max: int) -> tuple[int,
     if not costs.known:
         return 1, 0.0
     return best_draft_length(alpha, costs.c(skip), costs, d_max)
+
+
+# -- calibration --------------------------------------------------------------------------
+
+CALIBRATION_SIZES = (2, 3, 5, 9, 17)
+
+
+def calibrate(rt, last: int, n_past: int, costs: Costs, *, sub_layers: bool = True, reps: int = 3) -> Costs:
+    """Measure t_plain, v(n) and per-sub-layer costs at context n_past (once per model).
+
+    Runs on a scratch sequence that shares the stream's cells before n_past, so the stream is
+    untouched; `last` is the token decoded (repeated for the batch sizes).
+    """
+    sizes = [n for n in (1, *CALIBRATION_SIZES) if rt.room(n_past) > n + 1]
+    if len(sizes) < 3:
+        return costs
+    toks = [last] * max(sizes)
+
+    def timed(sizes: list[int], mask: bytes = b"") -> dict[int, float]:
+        """Best of reps timings per size, the sizes interleaved (a busy machine's slow phases then
+        hit every size alike); the first round may build graphs and is not timed."""
+        best = {n: float("inf") for n in sizes}
+        rt.share(0, 1, 0, n_past)
+        try:
+            with rt.skipping(mask):
+                for i in range(reps + 1):
+                    for n in sizes:
+                        secs = rt.decode(toks[:n], n_past, seq=1, all_logits=True)
+                        rt.remove(1, n_past, -1)
+                        if i:
+                            best[n] = min(best[n], secs)
+        finally:
+            rt.remove(1, -1, -1)
+        return best
+
+    t = timed(sizes)
+    t1 = t[1]
+    costs.t_plain, costs.n_ctx = t1, n_past
+    # a batch of n never costs more than n one-token decodes, nor less than a smaller batch:
+    # a measurement outside that was disturbed (another process took the CPU)
+    v, prev = {}, 1.0
+    for n in sizes[1:]:
+        prev = v[n] = min(max(t[n] / t1, prev), float(n))
+    costs.v = v
+    inner = max(rt.n_layer - 2, 1)
+    if rt.n_layer > 2 and sub_layers:
+        attn = SkipSet.from_lists(rt.n_layer, attention=range(1, rt.n_layer - 1)).mask()
+        ffn = SkipSet.from_lists(rt.n_layer, ffn=range(1, rt.n_layer - 1)).mask()
+        c_attn, c_ffn = timed([1], attn)[1] / t1, timed([1], ffn)[1] / t1
+        costs.attn = max(1.0 - c_attn, 0.0) / inner
+        costs.ffn = max(1.0 - c_ffn, 0.0) / inner
+    costs._tables.clear()
+    return costs

@@ -87,16 +87,17 @@ def test_swift_greedy_equals_plain(llm, prompts, plain, case):
         assert accepted / drafted < 0.1             # a drafter without inner layers is nearly useless
 
 
-def test_auto_greedy_equals_plain_and_stays_plain_on_smollm2(llm, prompts, plain):
-    """auto: lossless, and on this CPU SmolLM2 cannot pay, so it decodes plainly."""
+def test_auto_greedy_equals_plain(llm, prompts, plain):
+    """auto: lossless whatever it chooses per cycle (prompt lookup, layer skipping, plain steps),
+    with the layer search running alongside. (Which choice pays is a function of the measured
+    costs, tested without a model in test_drafters.py, not a property of this machine.)"""
     llm.engine.search.state.__init__(N_LAYER, llm.engine.search.cfg)
     for pid, toks in prompts.items():
         out = run(llm, toks, mode="auto")
         assert out == plain[pid], f"auto: prompt {pid} diverges at {first_diff(out, plain[pid])}"
         st = llm.last_stats
-        assert st.mode_used == "plain", (pid, st.reason)
-        assert st.predicted_speedup < 1.0
-    assert llm.engine.search.state.probes > 0         # the search ran alongside, and found nothing that pays
+        assert st.spec_type == "auto" and st.drafted == sum(d["drafted"] for d in st.drafters.values())
+    assert llm.engine.search.state.probes > 0         # the search ran alongside
 
 
 def test_token_provenance(llm, prompts, plain):
@@ -148,15 +149,15 @@ def test_plain_generations_do_not_fund_the_search(llm, prompts):
     toks = next(iter(prompts.values()))
     cfg = llm.engine.config
     cfg.mode, cfg.skip, cfg.draft_max = "off", None, None
-    before = llm.engine._gen_time
+    before = llm.engine.pacer.gen_time
     for _ in range(2):
         llm.reset()
         list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
-    assert llm.engine._gen_time == before and llm.engine.search.state.probes == 0
+    assert llm.engine.pacer.gen_time == before and llm.engine.search.state.probes == 0
     cfg.mode = "auto"
     llm.reset()
     list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
-    assert llm.engine._gen_time > before
+    assert llm.engine.pacer.gen_time > before
 
 
 def test_stopping_early_keeps_the_cache_consistent(llm, prompts, plain):

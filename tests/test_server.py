@@ -119,6 +119,9 @@ def assert_stats(resp: dict, mode: str) -> None:
         assert key in t, key
     assert resp["swift"]["mode"] == mode
     assert t["draft_n"] == resp["swift"]["drafted"] and t["draft_n_accepted"] == resp["swift"]["accepted"]
+    per_drafter = resp["swift"]["drafters"].values()   # the totals, split by drafter
+    assert sum(d["drafted"] for d in per_drafter) == t["draft_n"]
+    assert sum(d["accepted"] for d in per_drafter) == t["draft_n_accepted"]
     assert t["predicted_n"] >= 1 and t["prompt_n"] >= 1
 
 

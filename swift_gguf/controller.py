@@ -1,0 +1,204 @@
+"""The speculation controller: one decision per cycle — which drafter, how many tokens, or a plain step.
+
+Every drafter that can draft here makes an offer: its conditional acceptance per draft
+position p_1, p_2, ... and its cost (c_fixed per cycle, c_token per drafted token, in plain
+decode steps). For a draft of d tokens the predicted speedup over plain decoding is
+
+    S(d) = (1 + p_1 + p_1 p_2 + ... + p_1...p_d) / (c_fixed + d * c_token + v(d + 1))
+
+with v(n) the verification cost at this context length (costmodel.Costs.v_table). `auto`
+takes the offer and length with the highest S, or a plain step (S = 1) unless the best S
+exceeds 1 + margin; `swift` always takes the best offer. A drafter whose cycles measured a
+loss (tokens per plain-step cost below 1) is set aside for a while, doubling each time.
+The decision is a deterministic function of these numbers (`choose`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .costmodel import MIN_LIVE, OUTLIER, V_MAX
+from .drafters import LAYER_SKIP, LOOKUP, Offer
+
+SPEC_TYPES = ("auto", LAYER_SKIP, LOOKUP)
+SPEC_TYPE_ALIASES = {"lookup": LOOKUP, "prompt-lookup": LOOKUP, "swift": LAYER_SKIP}
+# verification batches stay within patch 0003's bit-exact bound (and 0002's graph cache): 32 tokens
+MAX_VERIFY = 32
+TINY = 1e-3
+EXPLORE_MIN = 0.8        # predicted speedup above which an untimed verification size is tried              # stop lengthening a draft once it reaches its end with less than this chance
+BACKOFF_TOKENS = 64      # generated tokens a losing drafter sits out at first
+BACKOFF_MAX = 4096       # ... doubling up to this
+BACKOFF_EVIDENCE = 8     # decayed cycles of a drafter before a measured loss is believed
+BACKOFF_DECAY = 0.95
+
+
+def resolve_spec_type(spec_type: str | None, mode: str) -> str:
+    """The drafters a mode uses: the given spec_type, else layer skipping for swift, all for auto."""
+    if spec_type is None:
+        return LAYER_SKIP if mode == "swift" else "auto"
+    t = SPEC_TYPE_ALIASES.get(spec_type, spec_type)
+    if t not in SPEC_TYPES:
+        raise ValueError(f"unknown spec_type {spec_type!r}; use one of {', '.join(SPEC_TYPES)} "
+                         f"(or {', '.join(SPEC_TYPE_ALIASES)})")
+    return t
+
+
+def best_length(accept: Sequence[float], c_fixed: float, c_token: float, v: Sequence[float],
+                limit: int) -> tuple[int, float]:
+    """(d, S(d)) with the highest predicted speedup over d = 1..limit (v[n]: cost of verifying n)."""
+    expected, reach = 1.0, 1.0
+    best = (0, 0.0)
+    for d in range(1, limit + 1):
+        reach *= accept[d - 1]
+        expected += reach
+        s = expected / (c_fixed + d * c_token + v[d + 1])
+        if s > best[1]:
+            best = (d, s)
+        if reach < TINY:   # longer drafts only add cost
+            break
+    return best
+
+
+@dataclass(frozen=True)
+class Choice:
+    offer: Offer | None   # the offer with the highest predicted speedup (None: none could draft)
+    d: int
+    speedup: float        # its predicted speedup
+    pays: bool = False    # speedup > 1 + margin
+
+
+def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: float, *,
+           fixed: int | None = None) -> Choice:
+    """The offer and draft length with the highest predicted speedup, and whether it pays.
+
+    d_cap bounds every draft (tokens left, room in the context, draft_max); `fixed` drafts
+    exactly that many tokens (or fewer, where an offer has fewer). Ties go to the first offer.
+    """
+    best = Choice(None, 0, 0.0)
+    for o in offers:
+        limit = min(o.limit, d_cap)
+        if limit < 1:
+            continue
+        if fixed is not None:
+            d = min(fixed, limit)
+            e, reach = 1.0, 1.0
+            for p in o.accept[:d]:
+                reach *= p
+                e += reach
+            s = e / (o.c_fixed + d * o.c_token + v[d + 1])
+        else:
+            d, s = best_length(o.accept, o.c_fixed, o.c_token, v, limit)
+        if s > best.speedup:
+            best = Choice(o, d, s)
+    return Choice(best.offer, best.d, best.speedup, best.speedup > 1.0 + margin)
+
+
+class Backoff:
+    """Per drafter: after its cycles measured a loss, decode without it for a while (doubling)."""
+
+    def __init__(self) -> None:
+        self._cycles: dict[str, float] = {}   # decayed count of its cycles
+        self._tokens: dict[str, float] = {}   # decayed tokens they emitted
+        self._cost: dict[str, float] = {}     # decayed cost of those cycles, in plain steps
+        self._until: dict[str, int] = {}      # generated-token count until which it sits out
+        self._length: dict[str, int] = {}
+
+    def allows(self, drafter: str, generated: int) -> bool:
+        return generated >= self._until.get(drafter, 0)
+
+    def measured(self, drafter: str) -> float | None:
+        """Tokens per plain-step cost of the drafter's recent cycles (None: too little evidence)."""
+        if self._cycles.get(drafter, 0.0) < BACKOFF_EVIDENCE or self._cost[drafter] <= 0:
+            return None
+        return self._tokens[drafter] / self._cost[drafter]
+
+    def observe(self, drafter: str, emitted: int, cost: float, generated: int) -> float | None:
+        """Record one cycle; returns the measured speedup when it was a loss (the drafter now sits out)."""
+        self._cycles[drafter] = BACKOFF_DECAY * self._cycles.get(drafter, 0.0) + 1
+        self._tokens[drafter] = BACKOFF_DECAY * self._tokens.get(drafter, 0.0) + emitted
+        self._cost[drafter] = BACKOFF_DECAY * self._cost.get(drafter, 0.0) + cost
+        live = self.measured(drafter)
+        if live is None or live >= 1.0:
+            if live is not None:
+                self._length.pop(drafter, None)   # it pays again: the next loss starts short
+            return None
+        length = self._length.get(drafter, BACKOFF_TOKENS)
+        self._until[drafter] = generated + length
+        self._length[drafter] = min(2 * length, BACKOFF_MAX)
+        self._cycles[drafter] = self._tokens[drafter] = self._cost[drafter] = 0.0
+        return live
+
+
+@dataclass
+class Plan:
+    offer: Offer | None
+    d: int = 0
+    speedup: float = 0.0
+    reason: str = ""      # why a plain step (empty for a draft, or a plain step that is no choice)
+
+
+class Controller:
+    """Plans each cycle from the drafters' offers and the measured costs (mode, spec_type, backoff)."""
+
+    def __init__(self, config, costs, drafters: dict):
+        self.config = config
+        self.costs = costs
+        self.drafters = drafters     # name -> drafter, in the order ties are broken
+        self.backoff = Backoff()
+        self.generated = 0           # tokens generated over the engine's lifetime
+        self.unavailable: dict[str, str] = {}   # drafter -> why it cannot run on this model
+        self._reasons: dict[str, str] = {}      # drafter -> why it sits out
+
+    def _names(self) -> list[str]:
+        kind = resolve_spec_type(self.config.spec_type, self.config.mode)
+        return list(self.drafters) if kind == "auto" else [kind]
+
+    def can_draft(self) -> bool:
+        """Whether the mode and spec_type leave a drafter that works on this model."""
+        return self.config.mode != "off" and any(n not in self.unavailable for n in self._names())
+
+    def plan(self, stream, d_cap: int) -> Plan:
+        cfg = self.config
+        if cfg.mode == "off":
+            return Plan(None, reason="speculation off")
+        if d_cap < 1:   # a last token, or the end of the context: plainly, no decision
+            return Plan(None)
+        offers, why = [], ""
+        for name in self._names():
+            if name in self.unavailable:
+                why = why or self.unavailable[name]
+            elif cfg.mode == "auto" and not self.backoff.allows(name, self.generated):
+                why = why or self._reasons.get(name, "")
+            elif (o := self.drafters[name].offer(stream, stream.n_past)) is not None:
+                offers.append(o)
+            else:
+                why = why or self.drafters[name].idle_reason()
+        if not offers:
+            return Plan(None, reason=why)
+        swift = cfg.mode == "swift"
+        cap = min(d_cap, MAX_VERIFY - 1, cfg.draft_max or MAX_VERIFY)
+        c = choose(offers, self.costs.v_table(stream.n_past), cap, cfg.margin,
+                   fixed=cfg.draft_max if swift else None)
+        if c.offer is not None and (swift or c.pays or self._explore(c, stream.n_past)):
+            return Plan(c.offer, c.d, c.speedup)
+        return Plan(None, 0, c.speedup, f"predicted speedup {c.speedup:.2f}x does not pay; decoding plainly")
+
+    def _explore(self, c: Choice, n_ctx: int) -> bool:
+        """Draft where it nearly pays but verifying that many tokens was never timed at this context:
+        the prediction rests on the calibration there (one measurement, perhaps on a busy machine,
+        at another context length), and only drafting measures the real cost."""
+        return c.speedup >= EXPLORE_MIN and self.costs.live_verify_count(n_ctx, c.d + 1) < MIN_LIVE
+
+    def observe(self, drafter: str, drafted: int, emitted: int, seconds: float, n_ctx: int) -> None:
+        """One cycle's outcome: drafted and emitted tokens, its draft + verification seconds."""
+        if self.config.mode != "auto":
+            return
+        t1 = self.costs.plain_seconds(n_ctx)
+        if t1 <= 0:
+            return
+        # a disturbed cycle (a graph built, the CPU taken) counts at most OUTLIER x its expected cost
+        expected = self.costs.v_table(n_ctx)[min(drafted + 1, V_MAX)]
+        cost = min(seconds / t1, OUTLIER * expected)
+        live = self.backoff.observe(drafter, emitted, cost, self.generated)
+        if live is not None:
+            self._reasons[drafter] = f"{drafter} drafts measured at {live:.2f}x plain; decoding without them for a while"

@@ -1,0 +1,373 @@
+"""Drafters: who proposes the tokens that the verifier checks.
+
+A drafter makes an `Offer` (what it could draft here, its predicted acceptance per draft
+position and its cost; cheap), `propose`s a `Draft` of the length the controller chose, and
+`observe`s how many of its tokens the verifier accepted. The verifier never knows which
+drafter it talks to.
+
+  LayerSkipDrafter  the model itself with a skip set (SWIFT): one partial-model decode per
+                    drafted token, stopping below a confidence threshold
+  LookupDrafter     prompt lookup: the continuation of the latest earlier place where the
+                    stream's last tokens occur (prompt and everything generated, across chat
+                    turns), from an n-gram index kept in step with the stream. Costs ~nothing,
+                    so its acceptance alone decides whether it pays; it is measured live per
+                    matched length and draft position, also where it did not draft ("shadow"
+                    offers are checked against the tokens that followed)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .costmodel import Costs
+from .sampling import top1
+
+LAYER_SKIP = "layer-skip"
+LOOKUP = "ngram"
+
+# -- lookup ---------------------------------------------------------------------------------
+NGRAM_MAX = 4         # longest n-gram the index keys (the match is then extended backwards)
+MATCH_CAP = 32        # longest backward match measured (longer matches share one class)
+CANDIDATES = 4        # latest earlier occurrences compared for the longest backward match
+LOOKUP_MAX = 31       # most tokens a lookup draft takes from its continuation (verification <= 32)
+# acceptance classes by matched length: 1, 2, 3, 4-7, 8-15, 16+ (each split by agreement)
+MATCH_CLASSES = (1, 2, 3, 4, 8, 16)
+# prior conditional acceptance per class, (disagreeing, agreeing) occurrences: about what SmolLM2
+# showed on Spec-Bench (first draft position), before live evidence of PRIOR_WEIGHT observations
+LOOKUP_PRIOR = (0.15, 0.35, 0.3, 0.55, 0.3, 0.65, 0.45, 0.75, 0.6, 0.8, 0.9, 0.95)
+PRIOR_WEIGHT = 2.0
+DECAY = 0.98          # evidence of a class and position ages by this per observation of it
+
+# -- layer skipping -------------------------------------------------------------------------
+LAYER_SKIP_MAX = 16   # longest layer-skip draft the controller considers
+LIVE_ALPHA_MIN = 16   # decayed drafted tokens before live acceptance replaces the search's matchness
+LOW_CONF_MIN = 16     # low-confidence drafts seen before epsilon may be dropped
+LOW_CONF_KEEP = 0.9   # ... when more than this share of them were accepted
+LOW_CONF_DECAY = 0.97
+LIVE_DECAY = 0.95
+TASK_CHANGE_DROP = 0.25  # reopen the search when live acceptance falls this far below the set's matchness
+TASK_CHANGE_MIN = 30     # decayed drafted tokens before that judgement
+
+
+@dataclass
+class Draft:
+    drafter: str
+    tokens: list[int]
+    probs: list[float] | None   # the drafter's confidence per token (None: a lookup has none)
+    seconds: float
+    key: int = 0                # acceptance class it was drafted under
+
+
+@dataclass
+class Offer:
+    """What a drafter could draft at this point, and what it predicts about it."""
+    drafter: "Drafter"
+    limit: int                  # most tokens it can draft here
+    accept: Sequence[float]     # conditional acceptance of draft positions 1.. (at least limit long)
+    c_fixed: float = 0.0        # draft cost per cycle, in plain decode steps
+    c_token: float = 0.0        # draft cost per drafted token, in plain decode steps
+    key: int = 0
+    tokens: list[int] = field(default_factory=list)   # lookup: the continuation itself
+
+
+class Drafter(Protocol):
+    name: str
+
+    def offer(self, stream, n_ctx: int) -> Offer | None: ...
+
+    def idle_reason(self) -> str: ...
+
+    def propose(self, offer: Offer, stream, d: int) -> Draft: ...
+
+    def observe(self, draft: Draft, n_accepted: int) -> None: ...
+
+
+class Acceptance:
+    """Conditional acceptance per (class, draft position) from decayed counts and a prior.
+
+    Position i of a draft is observed when positions 1..i-1 were accepted; it is accepted
+    when the verifier chose the drafted token there.
+    """
+
+    def __init__(self, prior: Sequence[float], positions: int, weight: float = PRIOR_WEIGHT,
+                 decay: float = DECAY):
+        self.prior = np.asarray(prior, np.float64)
+        self.weight, self.decay = weight, decay
+        self.accepted = np.zeros((len(prior), positions))
+        self.seen = np.zeros((len(prior), positions))
+        self._probs = [list(np.full(positions, p)) for p in self.prior]
+
+    def probs(self, key: int) -> list[float]:
+        return self._probs[key]
+
+    def observe(self, key: int, drafted: int, n_accepted: int) -> None:
+        reached = min(n_accepted + 1, drafted, self.seen.shape[1])
+        if reached <= 0:
+            return
+        acc, seen = self.accepted[key], self.seen[key]
+        acc[:reached] *= self.decay
+        seen[:reached] *= self.decay
+        seen[:reached] += 1.0
+        acc[:min(n_accepted, reached)] += 1.0
+        num, den = acc + self.weight * self.prior[key], seen + self.weight
+        self._probs[key] = np.where(den > 0, num / np.maximum(den, 1e-12), self.prior[key]).tolist()
+
+    def to_json(self) -> dict:
+        return {str(k): [round(x, 3) for x in self._probs[k][:8]] for k in range(len(self.prior))
+                if self.seen[k, 0] > 0}
+
+
+# -- prompt lookup --------------------------------------------------------------------------
+
+class NgramIndex:
+    """End positions of every n-gram (n = 1..n_max) of a token list, kept in step with it.
+
+    `sync(tokens)` makes the index describe `tokens`: a stream's token list only grows, so
+    for the same list only the new tokens are added; another list (the next request, the
+    next chat turn) keeps the common prefix and re-indexes the rest.
+    """
+
+    def __init__(self, n_max: int = NGRAM_MAX):
+        self.n_max = n_max
+        self.tokens: list[int] = []
+        self.ends: dict[tuple[int, ...], list[int]] = {}
+        self._source: list[int] | None = None
+
+    def sync(self, tokens: list[int]) -> None:
+        n = len(self.tokens)
+        if not (tokens is self._source and len(tokens) >= n and (n == 0 or tokens[n - 1] == self.tokens[-1])):
+            keep = 0
+            for keep, (a, b) in enumerate(zip(self.tokens, tokens)):
+                if a != b:
+                    break
+            else:
+                keep = min(n, len(tokens))
+            self._truncate(keep)
+            self._source = tokens
+        for j in range(len(self.tokens), len(tokens)):
+            self._append(tokens[j])
+
+    def _append(self, tok: int) -> None:
+        toks, j = self.tokens, len(self.tokens)
+        toks.append(tok)
+        for n in range(1, min(self.n_max, j + 1) + 1):
+            self.ends.setdefault(tuple(toks[j - n + 1:]), []).append(j)
+
+    def _truncate(self, keep: int) -> None:
+        toks = self.tokens
+        for j in range(len(toks) - 1, keep - 1, -1):
+            for n in range(1, min(self.n_max, j + 1) + 1):
+                key = tuple(toks[j - n + 1:j + 1])
+                ends = self.ends[key]
+                ends.pop()   # j is its latest end: positions were appended in order
+                if not ends:
+                    del self.ends[key]
+        del toks[keep:]
+
+    def match(self) -> tuple[int, int, bool] | None:
+        """(m, q, agree): the list's end matches the m tokens ending at q < end, for the longest
+        n-gram with an earlier occurrence: of its CANDIDATES latest earlier occurrences, the one
+        with the longest backward match (m up to MATCH_CAP; the latest on ties); agree: they all
+        continue with the same token. None without any."""
+        toks = self.tokens
+        e = len(toks) - 1
+        for n in range(min(self.n_max, e), 0, -1):
+            ends = self.ends.get(tuple(toks[e - n + 1:]))
+            if ends is None or len(ends) < 2:   # its last end is e itself
+                continue
+            best = None
+            nexts = set()
+            for q in reversed(ends[-1 - CANDIDATES:-1]):
+                nexts.add(toks[q + 1])
+                m = n
+                while m < MATCH_CAP and q - m >= 0 and toks[q - m] == toks[e - m]:
+                    m += 1
+                if best is None or m > best[0]:
+                    best = (m, q)
+            return best[0], best[1], len(nexts) == 1
+        return None
+
+
+def offer_class(m: int, agree: bool) -> int:
+    """The acceptance class of a lookup: its matched length's class, and whether the earlier
+    occurrences agree on the next token (where they disagree, acceptance is about half)."""
+    k = 0
+    while k + 1 < len(MATCH_CLASSES) and m >= MATCH_CLASSES[k + 1]:
+        k += 1
+    return 2 * k + agree
+
+
+class LookupDrafter:
+    """Prompt lookup over the prompt and everything generated (an n-gram index kept in step)."""
+
+    name = LOOKUP
+
+    def __init__(self, costs: Costs, is_eog: Callable[[int], bool] = lambda t: False):
+        self.costs = costs
+        self.is_eog = is_eog
+        self.index = NgramIndex()
+        self.acceptance = Acceptance(LOOKUP_PRIOR, LOOKUP_MAX)
+        self._shadow: tuple[int, list[int], int] | None = None   # (class, continuation, its stream position)
+        self._offer_seconds = 0.0
+
+    def offer(self, stream, n_ctx: int) -> Offer | None:
+        start = time.perf_counter()
+        tokens = stream.tokens
+        self._resolve_shadow(tokens)
+        self.index.sync(tokens)
+        found = self.index.match()
+        if found is None:
+            return None
+        m, q, agree = found
+        key = offer_class(m, agree)
+        cont = self.index.tokens[q + 1:q + 1 + LOOKUP_MAX]
+        for i, t in enumerate(cont):
+            if self.is_eog(t):   # nothing follows an end-of-generation token
+                del cont[i + 1:]
+                break
+        if self._shadow is None:   # checked against what follows, whatever the controller does
+            self._shadow = (key, cont, len(tokens))
+        self._offer_seconds = time.perf_counter() - start
+        return Offer(self, len(cont), self.acceptance.probs(key), c_fixed=self.costs.draft_cost(self.name) or 0.0,
+                     key=key, tokens=cont)
+
+    def idle_reason(self) -> str:
+        return "the last tokens occur nowhere earlier: nothing to look up"
+
+    def propose(self, offer: Offer, stream, d: int) -> Draft:
+        start = time.perf_counter()
+        if self._shadow is not None and self._shadow[1] is offer.tokens:
+            self._shadow = None   # the verifier's verdict is this offer's observation
+        draft = Draft(self.name, offer.tokens[:d], None, self._offer_seconds + time.perf_counter() - start, offer.key)
+        self.costs.observe_draft(self.name, stream.n_past, draft.seconds)
+        return draft
+
+    def observe(self, draft: Draft, n_accepted: int) -> None:
+        self.acceptance.observe(draft.key, len(draft.tokens), n_accepted)
+
+    def _resolve_shadow(self, tokens: list[int]) -> None:
+        """Score a continuation offered earlier against the tokens that followed it."""
+        if self._shadow is None:
+            return
+        key, cont, pos = self._shadow
+        if tokens is not self.index._source or pos > len(tokens):
+            self._shadow = None   # another stream: nothing to compare with
+            return
+        followed = tokens[pos:pos + len(cont)]
+        a = 0
+        while a < len(followed) and followed[a] == cont[a]:
+            a += 1
+        if a < len(followed) or a == len(cont):   # decided: a mismatch, or all of it matched
+            self.acceptance.observe(key, len(cont), a)
+            self._shadow = None
+
+
+# -- layer skipping -------------------------------------------------------------------------
+
+class LayerSkipDrafter:
+    """The model drafts for itself with a skip set (SWIFT); stops below the confidence threshold."""
+
+    name = LAYER_SKIP
+
+    def __init__(self, rt, config, search, costs: Costs):
+        self.rt, self.config, self.search, self.costs = rt, config, search, costs
+        self._live = (0.0, 0.0)       # decayed (accepted, drafted)
+        self._low_conf = (0.0, 0.0)   # decayed (accepted, seen) drafts below epsilon
+        self._set = None              # the skip set the live numbers belong to
+        self._scratch = np.empty(rt.n_vocab, np.float32)   # top1's work buffer
+
+    @property
+    def skip(self):
+        return self.config.skip if self.config.skip is not None else self.search.state.best
+
+    def alpha(self) -> float:
+        """Per-token acceptance: live once enough was drafted, else the search's matchness."""
+        acc, dr = self._live
+        if dr >= LIVE_ALPHA_MIN:
+            return acc / dr
+        return self.search.state.best_matchness if self.config.skip is None else 0.9
+
+    def cost(self) -> float:
+        """Draft cost per token in plain steps: live for this skip set, else the calibration's model."""
+        self._follow_set()
+        live = self.costs.draft_cost(self.name)
+        return live if live is not None else self.costs.c(self.skip)
+
+    def offer(self, stream, n_ctx: int) -> Offer | None:
+        skip = self.skip
+        # an empty set drafts at full cost: only where asked to (swift mode: every draft is exact)
+        if skip is None or (not skip and self.config.mode != "swift"):
+            return None
+        n = max(LAYER_SKIP_MAX, self.config.draft_max or 0)
+        return Offer(self, n, [self.alpha()] * n, c_token=self.cost())
+
+    def idle_reason(self) -> str:
+        return "no skip set found yet" if self.skip is None else "the skip set is empty: drafts cost a full step"
+
+    def propose(self, offer: Offer, stream, d: int) -> Draft:
+        """Draft up to d tokens with the skip set; stop after a token below epsilon or an EOG.
+        The partial model's KV entries are removed again, whatever happens."""
+        rt, n_past = self.rt, stream.n_past
+        drafts: list[int] = []
+        probs: list[float] = []
+        tok, pos = stream.last, n_past
+        eps = self.epsilon()
+        start = time.perf_counter()
+        try:
+            with rt.skipping(self.skip.mask()):
+                while len(drafts) < d:
+                    rt.decode([tok], pos)
+                    tok, p = top1(rt.logits(-1), self._scratch)
+                    drafts.append(tok)
+                    probs.append(p)
+                    pos += 1
+                    if p < eps or rt.is_eog(tok):   # nothing follows an end-of-generation token
+                        break
+        finally:
+            rt.remove(0, n_past, -1)   # draft KV is partial-model KV: never keep it
+        secs = time.perf_counter() - start
+        self.costs.observe_draft(self.name, n_past, secs, per=len(drafts))
+        return Draft(self.name, drafts, probs, secs)
+
+    def epsilon(self) -> float:
+        """The confidence threshold in use: epsilon, or 0 while low-confidence drafts are accepted anyway.
+
+        Beyond the reference: a drafter whose low-confidence tokens are still accepted more than
+        90% of the time (a very redundant model) gains nothing from stopping early; confidence is
+        a proxy for acceptance, and the live acceptance of those tokens is the real thing.
+        """
+        acc, n = self._low_conf
+        if self.config.adaptive_p_min and n >= LOW_CONF_MIN and acc / n > LOW_CONF_KEEP:
+            return 0.0
+        return self.config.draft_p_min
+
+    def observe(self, draft: Draft, n_accepted: int) -> None:
+        self._follow_set()
+        acc, n = self._low_conf
+        for i, p in enumerate(draft.probs or ()):
+            if p < self.config.draft_p_min:
+                acc, n = LOW_CONF_DECAY * acc + (i < n_accepted), LOW_CONF_DECAY * n + 1
+        self._low_conf = (acc, n)
+        acc, dr = self._live
+        self._live = (LIVE_DECAY * acc + n_accepted, LIVE_DECAY * dr + len(draft.tokens))
+        self._check_task_change()
+
+    def _follow_set(self) -> None:
+        """Live numbers belong to one skip set: forget them when the set changes."""
+        skip = self.skip
+        if skip is not self._set:
+            self._set = skip
+            self._live = (0.0, 0.0)
+            self.costs.reset_draft(self.name)
+
+    def _check_task_change(self) -> None:
+        """Reopen the search when live acceptance falls well below what the set promised."""
+        acc, dr = self._live
+        st = self.search.state
+        if (self.config.skip is None and st.done and dr >= TASK_CHANGE_MIN
+                and acc / dr < st.best_matchness - TASK_CHANGE_DROP):
+            self.search.reopen()
+            self._live = (0.0, 0.0)
