@@ -91,7 +91,7 @@ def test_auto_greedy_equals_plain(llm, prompts, plain):
     """auto: lossless whatever it chooses per cycle (prompt lookup, layer skipping, plain steps),
     with the layer search running alongside. (Which choice pays is a function of the measured
     costs, tested without a model in test_drafters.py, not a property of this machine.)"""
-    llm.engine.search.state.__init__(N_LAYER, llm.engine.search.cfg)
+    llm.engine.search.reset()
     for pid, toks in prompts.items():
         out = run(llm, toks, mode="auto")
         assert out == plain[pid], f"auto: prompt {pid} diverges at {first_diff(out, plain[pid])}"
@@ -145,7 +145,7 @@ def test_interrupt_leaves_no_mask_and_next_generation_is_lossless(llm, prompts, 
 def test_plain_generations_do_not_fund_the_search(llm, prompts):
     """The search's time allowance is a share of swift/auto generation time only: plain
     ("off") requests interleaved with auto ones (as in a benchmark) must not enlarge it."""
-    llm.engine.search.state.__init__(N_LAYER, llm.engine.search.cfg)
+    llm.engine.search.reset()
     toks = next(iter(prompts.values()))
     cfg = llm.engine.config
     cfg.mode, cfg.skip, cfg.draft_max = "off", None, None
