@@ -33,7 +33,6 @@ from .paths import atomic_write_text, models_dir
 __all__ = [
     "DEFAULT_MODEL",
     "GGUFInfo",
-    "LAYER_SKIP_ARCHS",
     "MODELS",
     "ModelEntry",
     "RECURRENT_ARCHS",
@@ -49,14 +48,14 @@ __all__ = [
 # Architectures
 # ---------------------------------------------------------------------------
 
-#: Architectures whose layers can be skipped for self-speculative drafting.
-LAYER_SKIP_ARCHS = frozenset({"llama", "qwen2", "qwen3", "gemma3"})
-
-#: Recurrent or hybrid architectures (best effort). Their state cannot be rolled
-#: back per token the way a KV cache can, so draft/verify rollback needs care.
+#: Recurrent or hybrid architectures of the pinned llama.cpp (llm_arch_is_recurrent and
+#: llm_arch_is_hybrid; SwiftLlama also asks the loaded library). Their state cannot be
+#: rolled back per token the way a KV cache can, so they decode plainly.
 RECURRENT_ARCHS = frozenset({
-    "mamba", "mamba2", "rwkv6", "rwkv7", "rwkv6qwen2", "arwkv7", "jamba",
-    "falcon-h1", "granitehybrid", "nemotron_h", "lfm2", "qwen3next", "plamo2",
+    "mamba", "mamba2", "rwkv6", "rwkv7", "rwkv6qwen2", "arwkv7",
+    "jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe",
+    "qwen3next", "kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp",
+    "deepseek4", "minimax-01",
 })
 
 
