@@ -254,7 +254,7 @@ def inserted_positions(n_real: int, n_inserted: int) -> list[int]:
 def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Random values of a plausible scale for the tensor's role (numpy order = reversed ne)."""
     np_shape = tuple(reversed(shape))
-    if name.endswith("norm.weight") or name.endswith("_norm.weight"):
+    if name.endswith("norm.weight"):
         x = 1.0 + 0.1 * rng.standard_normal(np_shape)
     elif name.endswith(".bias") or "sinks" in name:
         x = 0.05 * rng.standard_normal(np_shape)

@@ -152,3 +152,15 @@ def test_empty_mask_is_the_plain_graph_after_alternations(arch, tiny):
         assert np.array_equal(logits_for(llm, bytes(n), shapes[1]), expected[0, 1])   # all-zero mask = no mask
     finally:
         llm.close()
+
+
+def test_the_builder_command_line(tmp_path, capsys):
+    from gguf import GGUFReader
+    out = tmp_path / "m.gguf"
+    assert testmodels.main(["--arch", "qwen3moe", "--out", str(out), "--layers", "3", "--inserted", "1"]) == 0
+    assert "4 layers (identity blocks at [3])" in capsys.readouterr().out
+    fields = GGUFReader(out).fields
+    assert fields["qwen3moe.block_count"].contents() == 4
+    assert fields[testmodels.INSERTED_KEY].contents() == [3]
+    assert testmodels.main(["--arch", "gemma2", "--out", str(tmp_path / "x.gguf"), "--layers", "0"]) == 2
+    assert "at least one real layer" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
