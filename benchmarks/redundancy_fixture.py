@@ -27,9 +27,9 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType, GGUFWriter, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-# Tensors whose output is added to the residual stream; zeroing them makes a block an identity.
-# Matched by prefix so that biases (if an architecture has them) are zeroed too.
-ZEROED_PREFIXES = ("attn_output.", "ffn_down.")
+# Tensors whose output is added to the residual stream (attention output, FFN down projection;
+# biases and MoE experts' included): zero in an identity block, the same rule as the tiny test models'
+from swift_gguf.testmodels import ZEROED_PREFIXES
 
 _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 

@@ -32,6 +32,7 @@ def collect() -> dict:
             llama_cpp_python=llama_cpp.__version__,
             library=native.library_path(),
             abi_version=native.ABI_VERSION,
+            layer_skip_architectures=list(native.layer_skip_architectures()),
             pin=build.get("pin", {}),
             patches=build.get("patches", []),
             cmake_args=build.get("cmake_args", []),
@@ -62,6 +63,8 @@ def render(report: dict) -> str:
         lines += [f"  llama-cpp-python {report['llama_cpp_python']}, pin {pin.get('version', '?')} "
                   f"(llama.cpp {pin.get('llama_cpp_commit', '?')}), patches: {', '.join(report['patches']) or '?'}",
                   f"  library: {report['library']}",
+                  f"  layer skip architectures: {', '.join(report['layer_skip_architectures'])} "
+                  "(recurrent and hybrid models decode plainly: their state cannot be rolled back)",
                   f"  backends: {', '.join(report['backends'])}; GPU offload: {report['gpu_offload']}",
                   f"  cmake args: {' '.join(report['cmake_args'])}"]
         for dev, exact in report.get("identical_output", {}).items():

@@ -15,14 +15,13 @@ from __future__ import annotations
 from .fetch import list_cached, pull, resolve_model
 from .ggufcheck import GGUFInfo, check_gguf
 from .registry import (
-    DEFAULT_MODEL, LAYER_SKIP_ARCHS, MODELS, RECURRENT_ARCHS, ModelEntry, WheelPart,
+    DEFAULT_MODEL, MODELS, RECURRENT_ARCHS, ModelEntry, WheelPart,
     is_recurrent_arch,
 )
 
 __all__ = [
     "DEFAULT_MODEL",
     "GGUFInfo",
-    "LAYER_SKIP_ARCHS",
     "MODELS",
     "ModelEntry",
     "RECURRENT_ARCHS",

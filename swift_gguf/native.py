@@ -53,6 +53,9 @@ def _bind(name: str, argtypes: list, restype):
 _abi_version = _bind("llama_swift_abi_version", [], ctypes.c_int32)
 # bool llama_swift_layer_skip_supported(const struct llama_model * model);
 _supported = _bind("llama_swift_layer_skip_supported", [ctypes.c_void_p], ctypes.c_bool)
+# int32_t llama_swift_layer_skip_architectures(const char ** names, int32_t n_names);
+_archs = _bind("llama_swift_layer_skip_architectures",
+               [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int32], ctypes.c_int32)
 # int32_t llama_swift_set_layer_skip(struct llama_context * ctx, const uint8_t * mask, int32_t n_mask);
 _set_skip = _bind("llama_swift_set_layer_skip",
                   [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int32], ctypes.c_int32)
@@ -70,16 +73,29 @@ if _abi_version() != ABI_VERSION:
         f"the patched llama.cpp library speaks layer-skip ABI {_abi_version()}, this swift-gguf needs "
         f"{ABI_VERSION}. Loaded: {library_path()}.\nFix: rebuild it: {BUILD_HINT}")
 
+# enum llama_swift_status (results of llama_swift_set_layer_skip)
+LLAMA_SWIFT_OK = 0
+LLAMA_SWIFT_ERR_UNSUPPORTED_ARCH = -1
+LLAMA_SWIFT_ERR_INVALID_MASK = -2
 _SET_ERRORS = {
-    -1: "this model's architecture does not honour the layer-skip mask",
-    -2: "the mask has the wrong length or unknown bits",
-    -3: "the mask bypasses every attention layer of one kind; keep at least one",
+    LLAMA_SWIFT_ERR_UNSUPPORTED_ARCH: "this model's architecture does not honour the layer-skip mask",
+    LLAMA_SWIFT_ERR_INVALID_MASK: "the mask has the wrong length or unknown bits",
 }
 
 
 def layer_skip_supported(model_ptr) -> bool:
     """Whether the model's graph builder honours the skip mask."""
     return bool(_supported(model_ptr))
+
+
+@functools.lru_cache(maxsize=1)
+def layer_skip_architectures() -> tuple[str, ...]:
+    """The architectures (GGUF general.architecture names) whose graphs honour the skip mask,
+    as the loaded library says: the one list, kept in the patch next to the call sites."""
+    n = _archs(None, 0)
+    names = (ctypes.c_char_p * n)()
+    _archs(names, n)
+    return tuple(name.decode() for name in names)
 
 
 @contextlib.contextmanager
@@ -115,7 +131,7 @@ def set_layer_skip(ctx_ptr, mask: bytes | bytearray | None) -> None:
         return
     buf = _u8_array(len(mask)).from_buffer_copy(bytes(mask))
     rc = _set_skip(ctx_ptr, buf, len(mask))
-    if rc != 0:
+    if rc != LLAMA_SWIFT_OK:
         raise ValueError(f"llama_swift_set_layer_skip: {_SET_ERRORS.get(rc, f'error {rc}')}")
 
 

@@ -1,8 +1,8 @@
 """The models swift-gguf knows by name, and what it knows about architectures.
 
 Data only (no I/O): `MODELS` maps an alias to where its file is shipped on PyPI and
-the size and sha256 it must have; `LAYER_SKIP_ARCHS` and `RECURRENT_ARCHS` say
-which llama.cpp architectures can be drafted by layer skipping.
+the size and sha256 it must have; `RECURRENT_ARCHS` names the llama.cpp architectures
+whose state cannot be rolled back.
 """
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from dataclasses import dataclass
 # Architectures
 # ---------------------------------------------------------------------------
 
-#: Architectures whose layers can be skipped for self-speculative drafting.
-LAYER_SKIP_ARCHS = frozenset({"llama", "qwen2", "qwen3", "gemma3"})
-
-#: Recurrent or hybrid architectures (best effort). Their state cannot be rolled
-#: back per token the way a KV cache can, so draft/verify rollback needs care.
+#: Recurrent or hybrid architectures of the pinned llama.cpp (llm_arch_is_recurrent and
+#: llm_arch_is_hybrid; SwiftLlama also asks the loaded library). Their state cannot be
+#: rolled back per token the way a KV cache can, so they decode plainly. Which architectures
+#: support layer skipping is the library's answer (native.layer_skip_architectures()).
 RECURRENT_ARCHS = frozenset({
-    "mamba", "mamba2", "rwkv6", "rwkv7", "rwkv6qwen2", "arwkv7", "jamba",
-    "falcon-h1", "granitehybrid", "nemotron_h", "lfm2", "qwen3next", "plamo2",
+    "mamba", "mamba2", "rwkv6", "rwkv7", "rwkv6qwen2", "arwkv7",
+    "jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe",
+    "qwen3next", "kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp",
+    "deepseek4", "minimax-01",
 })
 
 

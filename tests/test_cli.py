@@ -129,11 +129,15 @@ def test_doctor_json():
     assert data["llama_cpp_python"] == llama_cpp.__version__
     assert data["pin"]["version"] == "0.3.36"
     assert "CPU" in data["backends"]
+    from swift_gguf import native
+    assert data["layer_skip_architectures"] == list(native.layer_skip_architectures())
+    assert {"llama", "gemma3", "qwen3moe", "gpt-oss"} <= set(data["layer_skip_architectures"])
 
 
 def test_doctor_text():
     out = ok("doctor").stdout
     assert "layer skip): ok" in out and "backends:" in out and "0.3.36" in out
+    assert "layer skip architectures: llama, qwen2" in out
 
 
 def test_models_text_and_json(model_path):

@@ -24,7 +24,7 @@ import gguf
 from swift_gguf import fetch, ggufcheck
 from swift_gguf.errors import ModelFetchError, ModelFileError
 from swift_gguf.models import (
-    DEFAULT_MODEL, LAYER_SKIP_ARCHS, MODELS, ModelEntry, WheelPart, check_gguf,
+    DEFAULT_MODEL, MODELS, ModelEntry, WheelPart, check_gguf,
     is_recurrent_arch, list_cached, pull, resolve_model,
 )
 
@@ -132,8 +132,6 @@ def test_registry_entries():
 def test_architecture_sets():
     assert is_recurrent_arch("mamba") and is_recurrent_arch("RWKV7") and is_recurrent_arch("lfm2")
     assert not is_recurrent_arch("llama") and not is_recurrent_arch("gemma3")
-    assert LAYER_SKIP_ARCHS == {"llama", "qwen2", "qwen3", "gemma3"}
-    assert not any(is_recurrent_arch(a) for a in LAYER_SKIP_ARCHS)
 
 
 # ---------------------------------------------------------------------------

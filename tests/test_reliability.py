@@ -23,6 +23,7 @@ import cli
 from swift_gguf.api import SwiftLlama
 from swift_gguf.errors import ContextFullError
 from swift_gguf.skipset import SkipSet, n_sublayers
+from tests.conftest import UNSUPPORTED_ARCH
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["-t", "1", "--profile", "none"]
@@ -94,13 +95,13 @@ def test_unknown_alias():
     assert "unknown model 'no-such-alias'" in out and "smollm2-135m" in out and "hf:" in out
 
 
-def test_architecture_without_mask_support_decodes_plainly(granite_model):
-    r = runs("generate", "-m", granite_model, "-p", "Hello", "-n", 8, "--spec", "swift", "--json", *FAST)
+def test_architecture_without_mask_support_decodes_plainly(unsupported_model):
+    r = runs("generate", "-m", unsupported_model, "-p", "Hello", "-n", 8, "--spec", "swift", "--json", *FAST)
     data = json.loads(r.stdout)
     assert len(data["tokens"]) > 0
     stats = data["stats"]
     assert stats["mode_used"] == "plain" and stats["drafted"] == 0
-    assert "granite" in stats["reason"] and "not support" in stats["reason"]
+    assert UNSUPPORTED_ARCH in stats["reason"] and "not support" in stats["reason"]
 
 
 # -- options ---------------------------------------------------------------------------------------
