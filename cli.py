@@ -27,6 +27,10 @@ def model_options(f):
         click.option("-ngl", "--n-gpu-layers", type=int, default=0, show_default=True,
                      help="Layers to offload to the GPU (-1 = all)."),
         click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)."),
+        click.option("--rpc", default=None, metavar="HOST:PORT[,...]",
+                     help="Offload layers to `swift-gguf rpc-server` workers (with -ngl; llama.cpp's --rpc)."),
+        click.option("-ts", "--tensor-split", default=None, metavar="N0,N1,...",
+                     help="Share of the offloaded layers per device, RPC workers first, e.g. 1,1."),
         click.option("--spec", type=click.Choice(["off", "swift", "auto"]), default="auto", show_default=True,
                      help="off: plain decoding; swift: always speculate; auto: only where it pays."),
         click.option("--draft-max", type=int, default=None, help="Max drafted tokens per cycle (default: adaptive)."),
@@ -121,15 +125,26 @@ def check_output_paths(**paths) -> None:
             raise click.BadParameter(f"{value}: the folder {folder} is not writable", param_hint=option)
 
 
-def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose, **_):
+def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose,
+               rpc=None, tensor_split=None, **_):
     """Resolve the model spec and load it as a SwiftLlama (with clear errors)."""
     check_options(ctx_size=ctx_size, n_gpu_layers=n_gpu_layers, threads=threads, draft_max=draft_max,
                   draft_p_min=draft_p_min)
+    split_shares = parse_tensor_split(tensor_split)
+    if rpc:
+        from swift_gguf.errors import RpcError
+        from swift_gguf.rpc import add_servers, parse_servers
+        try:
+            parse_servers(rpc)
+        except RpcError as e:
+            raise click.BadParameter(str(e), param_hint="--rpc") from None
     from swift_gguf.models import resolve_model
     path = resolve_model(model)
+    if rpc:   # reach the workers before the model object exists (SwiftLlama would register them too)
+        add_servers(rpc)
     from swift_gguf import native
     from swift_gguf.api import SwiftLlama
-    if n_gpu_layers and not native.gpu_offload_supported():
+    if n_gpu_layers and not rpc and not native.gpu_offload_supported():
         click.echo("warning: this llama.cpp build has no GPU backend; -ngl ignored, running on the CPU. "
                    "Build one with CMAKE_ARGS=\"-DGGML_CUDA=on\" python native/build.py", err=True)
         n_gpu_layers = 0
@@ -137,7 +152,25 @@ def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_
                   draft_p_min=draft_p_min, profile=None if profile == "none" else profile, verbose=verbose)
     if threads:
         kwargs.update(n_threads=threads, n_threads_batch=threads)
+    if rpc:
+        kwargs.update(rpc_servers=rpc)
+    if split_shares:
+        kwargs.update(tensor_split=split_shares)
     return SwiftLlama(str(path), **kwargs)
+
+
+def parse_tensor_split(value: str | None) -> list[float] | None:
+    """'3,1' -> [3.0, 1.0] (llama.cpp's -ts; llama-cpp-python's tensor_split)."""
+    if not value:
+        return None
+    try:
+        shares = [float(x) for x in value.replace("/", ",").split(",")]
+    except ValueError:
+        shares = []
+    if not shares or any(x < 0 for x in shares) or not sum(shares) > 0:
+        raise click.BadParameter(f"{value}: give non-negative shares separated by commas, e.g. 1,1",
+                                 param_hint="-ts/--tensor-split")
+    return shares
 
 
 def sampling_kwargs(temp, top_k, top_p, min_p, repeat_penalty, seed, **_):
@@ -149,7 +182,7 @@ def split(kwargs: dict, names: tuple[str, ...]) -> dict:
 
 
 MODEL_KEYS = ("model", "ctx_size", "n_gpu_layers", "threads", "spec", "draft_max", "draft_p_min", "profile",
-              "verbose")
+              "verbose", "rpc", "tensor_split")
 SAMPLING_KEYS = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
 
 
@@ -294,6 +327,20 @@ def serve(**kw):
     from swift_gguf.server import serve as run_server
     llm = load_model(**split(kw, MODEL_KEYS))
     run_server(llm, host=kw["host"], port=kw["port"], model_name=kw["model"])
+
+
+@main.command("rpc-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="IPv4 address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=50052, show_default=True)
+@click.option("-t", "--threads", type=click.IntRange(1, None), default=None,
+              help="CPU threads (default: half the cores, as llama.cpp's rpc-server).")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow an address other than loopback (the RPC protocol has no authentication).")
+@user_errors
+def rpc_server(host, port, threads, allow_remote):
+    """Serve this machine's devices to `--rpc` clients (llama.cpp's RPC backend, this build)."""
+    from swift_gguf.rpc import serve as run_worker
+    run_worker(host, port, threads, allow_remote=allow_remote)
 
 
 @main.command()

@@ -77,6 +77,13 @@ class SwiftLlama(llama_cpp.Llama):
                  profile: str | Path | None = "auto", search: SearchConfig | None = None,
                  verbose: bool = False, **kwargs):
         info = check_gguf(model_path)
+        # rpc_servers="host:port,...": `swift-gguf rpc-server` workers (llama.cpp's --rpc; Llama has no such
+        # argument); their devices must be registered before the model loads, then n_gpu_layers and
+        # tensor_split (workers first, then local GPUs) decide which layers they hold
+        rpc_servers = kwargs.pop("rpc_servers", None)
+        if rpc_servers:
+            from .rpc import add_servers
+            add_servers(rpc_servers)
         config = SpecConfig(mode=spec, draft_max=draft_max, draft_p_min=draft_p_min, skip=skip,
                             search=search or SearchConfig())
         kwargs.setdefault("swa_full", True)   # sliding-window caches must allow rollback
