@@ -34,6 +34,10 @@ def model_options(f):
                      type=click_type(limits.GPU_LAYERS, True, "Give a number of layers, or -1 for all.")),
         click.option("-t", "--threads", default=None, help="CPU threads (default: llama.cpp's choice).",
                      type=click_type(limits.THREADS, True, "Use at least 1 thread (or leave the option out).")),
+        click.option("--rpc", default=None, metavar="HOST:PORT[,...]",
+                     help="Offload layers to `swift-gguf rpc-server` workers (with -ngl; llama.cpp's --rpc)."),
+        click.option("-ts", "--tensor-split", default=None, metavar="N0,N1,...",
+                     help="Share of the offloaded layers per device, RPC workers first, e.g. 1,1."),
         click.option("--spec", type=click.Choice(["off", "swift", "auto"]), default="auto", show_default=True,
                      help="off: plain decoding; swift: always speculate; auto: only where it pays."),
         click.option("--spec-type", type=click.Choice(["auto", "layer-skip", "ngram", "lookup"]), default=None,
@@ -112,13 +116,23 @@ def check_output_paths(**paths) -> None:
 
 
 def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_min, profile, verbose,
-               spec_type=None, **_):
+               spec_type=None, rpc=None, tensor_split=None, **_):
     """Resolve the model spec and load it as a SwiftLlama (with clear errors)."""
+    split_shares = parse_tensor_split(tensor_split)
+    if rpc:
+        from swift_gguf.errors import RpcError
+        from swift_gguf.rpc import add_servers, parse_servers
+        try:
+            parse_servers(rpc)
+        except RpcError as e:
+            raise click.BadParameter(str(e), param_hint="--rpc") from None
     from swift_gguf.models import resolve_model
     path = resolve_model(model)
+    if rpc:   # reach the workers before the model object exists (SwiftLlama would register them too)
+        add_servers(rpc)
     from swift_gguf import native
     from swift_gguf.api import SwiftLlama
-    if n_gpu_layers and not native.gpu_offload_supported():
+    if n_gpu_layers and not rpc and not native.gpu_offload_supported():
         click.echo("warning: this llama.cpp build has no GPU backend; -ngl ignored, running on the CPU. "
                    "Build one with CMAKE_ARGS=\"-DGGML_CUDA=on\" python native/build.py", err=True)
         n_gpu_layers = 0
@@ -127,7 +141,25 @@ def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_
                   flash_attn=True)   # llama.cpp's tools default to -fa auto: on where the backend supports it
     if threads:
         kwargs.update(n_threads=threads, n_threads_batch=threads)
+    if rpc:
+        kwargs.update(rpc_servers=rpc)
+    if split_shares:
+        kwargs.update(tensor_split=split_shares)
     return SwiftLlama(str(path), **kwargs)
+
+
+def parse_tensor_split(value: str | None) -> list[float] | None:
+    """'3,1' -> [3.0, 1.0] (llama.cpp's -ts; llama-cpp-python's tensor_split)."""
+    if not value:
+        return None
+    try:
+        shares = [float(x) for x in value.replace("/", ",").split(",")]
+    except ValueError:
+        shares = []
+    if not shares or any(x < 0 for x in shares) or not sum(shares) > 0:
+        raise click.BadParameter(f"{value}: give non-negative shares separated by commas, e.g. 1,1",
+                                 param_hint="-ts/--tensor-split")
+    return shares
 
 
 def sampling_kwargs(temp, top_k, top_p, min_p, repeat_penalty, seed, **_):
@@ -139,7 +171,7 @@ def split(kwargs: dict, names: tuple[str, ...]) -> dict:
 
 
 MODEL_KEYS = ("model", "ctx_size", "n_gpu_layers", "threads", "spec", "spec_type", "draft_max", "draft_p_min",
-              "profile", "verbose")
+              "profile", "verbose", "rpc", "tensor_split")
 SAMPLING_KEYS = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
 
 
@@ -279,6 +311,20 @@ def serve(**kw):
     llm = load_model(**split(kw, MODEL_KEYS))
     name = Path(kw["model"]).name if kw["model"].endswith(".gguf") else kw["model"]   # a path names its file
     run_server(llm, host=kw["host"], port=kw["port"], model_name=name)
+
+
+@main.command("rpc-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="IPv4 address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=50052, show_default=True)
+@click.option("-t", "--threads", type=click.IntRange(1, None), default=None,
+              help="CPU threads (default: half the cores, as llama.cpp's rpc-server).")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow an address other than loopback (the RPC protocol has no authentication).")
+@user_errors
+def rpc_server(host, port, threads, allow_remote):
+    """Serve this machine's devices to `--rpc` clients (llama.cpp's RPC backend, this build)."""
+    from swift_gguf.rpc import serve as run_worker
+    run_worker(host, port, threads, allow_remote=allow_remote)
 
 
 @main.command()

@@ -60,6 +60,9 @@ def patch_files() -> list[Path]:
 def default_cmake_args() -> list[str]:
     """CMake arguments swift-gguf always adds (before the user's CMAKE_ARGS)."""
     args = ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+    if sys.platform.startswith("linux") or sys.platform == "darwin":
+        # llama.cpp's RPC backend: `--rpc HOST:PORT` offloads layers to `swift-gguf rpc-server` workers
+        args.append("-DGGML_RPC=ON")
     if platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux"):
         # llama.cpp's AMX matmul path segfaults on this project's CPUs (docs/build-notes.md);
         # -march=native would enable it, explicit -mno-amx-* wins over -march in GCC/Clang.

@@ -66,6 +66,13 @@ class SwiftLlama(llama_cpp.Llama):
                  draft_max: int | None = None, draft_p_min: float = 0.8, skip: SkipSet | None = None,
                  profile: str | Path | None = "auto", search: SearchConfig | None = None,
                  verbose: bool = False, **kwargs):
+        # rpc_servers="host:port,...": `swift-gguf rpc-server` workers (llama.cpp's --rpc; Llama has no such
+        # argument); their devices must be registered before the model loads, then n_gpu_layers and
+        # tensor_split (workers first, then local GPUs) decide which layers they hold
+        rpc_servers = kwargs.pop("rpc_servers", None)
+        if rpc_servers:
+            from .rpc import add_servers
+            add_servers(rpc_servers)
         config = SpecConfig(mode=spec, spec_type=spec_type, draft_max=draft_max, draft_p_min=draft_p_min, skip=skip,
                             search=search or SearchConfig())
         info = check_gguf(model_path)

@@ -24,3 +24,7 @@ class DecodeError(SwiftGGUFError):
 
 class ContextFullError(SwiftGGUFError):
     """The prompt does not fit in the context window."""
+
+
+class RpcError(SwiftGGUFError):
+    """An RPC worker (llama.cpp's RPC backend) is unreachable, refused, or was lost mid-generation."""

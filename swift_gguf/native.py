@@ -171,13 +171,22 @@ def backends() -> list[str]:
             names.append(_llama_cpp.ggml_backend_dev_name(dev).decode())
     except AttributeError:
         info = _llama_cpp.llama_print_system_info().decode()
-        names = ["CPU"] + (["GPU offload"] if _llama_cpp.llama_supports_gpu_offload() else [])
+        names = ["CPU"] + (["GPU offload"] if gpu_offload_supported() else [])
+        # RPC workers' devices, once `--rpc` / rpc_servers registered them (RPC0, RPC1, ...)
+        names += [name for name, _, _, reg in devices() if reg == "RPC"]
         del info
     return names
 
 
 def gpu_offload_supported() -> bool:
-    """Whether this build can offload layers to a GPU (CUDA, Metal, ...)."""
+    """Whether this build can offload layers to a local GPU (CUDA, Metal, ...).
+
+    llama_supports_gpu_offload() also says yes for a build with the RPC backend alone; RPC
+    workers are not a local GPU (and are used only with --rpc).
+    """
+    devs = devices()
+    if devs:
+        return any(kind in (GGML_DEV_TYPE_GPU, GGML_DEV_TYPE_IGPU) and reg != "RPC" for _, _, kind, reg in devs)
     return bool(_llama_cpp.llama_supports_gpu_offload())
 
 
@@ -191,3 +200,104 @@ def verification_is_exact(backend: str) -> bool:
     """Whether speculative output on `backend` (SwiftLlama.backend, e.g. "cpu", "CUDA0-ngl-1") is
     guaranteed to equal plain decoding's."""
     return backend.lower() in EXACT_BACKENDS
+
+
+# -- llama.cpp's RPC backend (ggml-rpc, with patches/0005-rpc-errors.patch) ---------------------
+# ggml's device registry and the RPC functions are looked up through libllama's handle: a wheel
+# holds libggml*.so, .so.0 and .so.0.x as separate copies (zip has no symlinks), so loading one by
+# name would give a second ggml with its own registry, which the model loader never sees.
+
+GGML_DEV_TYPE_CPU, GGML_DEV_TYPE_GPU, GGML_DEV_TYPE_IGPU, GGML_DEV_TYPE_ACCEL = 0, 1, 2, 3
+
+
+def _fn(name: str, argtypes: list, restype):
+    """A symbol of libllama or its ggml libraries, or None when this build lacks it."""
+    try:
+        fn = getattr(_lib, name)
+    except AttributeError:
+        return None
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
+_dev_count = _fn("ggml_backend_dev_count", [], ctypes.c_size_t)
+_dev_get = _fn("ggml_backend_dev_get", [ctypes.c_size_t], ctypes.c_void_p)
+_dev_name = _fn("ggml_backend_dev_name", [ctypes.c_void_p], ctypes.c_char_p)
+_dev_description = _fn("ggml_backend_dev_description", [ctypes.c_void_p], ctypes.c_char_p)
+_dev_type = _fn("ggml_backend_dev_type", [ctypes.c_void_p], ctypes.c_int)
+_dev_reg = _fn("ggml_backend_dev_backend_reg", [ctypes.c_void_p], ctypes.c_void_p)
+_reg_name = _fn("ggml_backend_reg_name", [ctypes.c_void_p], ctypes.c_char_p)
+_reg_dev_count = _fn("ggml_backend_reg_dev_count", [ctypes.c_void_p], ctypes.c_size_t)
+_reg_dev_get = _fn("ggml_backend_reg_dev_get", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p)
+_register = _fn("ggml_backend_register", [ctypes.c_void_p], None)
+
+# ggml_backend_reg_t ggml_backend_rpc_add_server(const char * endpoint);
+_rpc_add_server = _fn("ggml_backend_rpc_add_server", [ctypes.c_char_p], ctypes.c_void_p)
+# void ggml_backend_rpc_start_server(const char * endpoint, const char * cache_dir, size_t n_threads,
+#                                    size_t n_devices, ggml_backend_dev_t * devices);
+_rpc_start_server = _fn("ggml_backend_rpc_start_server",
+                        [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
+                         ctypes.POINTER(ctypes.c_void_p)], None)
+# patch 0005: uint64_t ggml_backend_rpc_error_count(void); size_t ggml_backend_rpc_last_error(char *, size_t);
+_rpc_error_count = _fn("ggml_backend_rpc_error_count", [], ctypes.c_uint64)
+_rpc_last_error = _fn("ggml_backend_rpc_last_error", [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_size_t)
+
+
+def rpc_supported() -> bool:
+    """Whether this build has llama.cpp's RPC backend with swift-gguf's error reporting (0005)."""
+    return None not in (_rpc_add_server, _rpc_start_server, _rpc_error_count, _register, _reg_dev_get)
+
+
+def rpc_unsupported_reason() -> str:
+    if _rpc_add_server is None:
+        return (f"this llama.cpp build has no RPC backend ({library_path()}).\n"
+                f"Fix: rebuild with it (on by default on Linux and macOS): {BUILD_HINT}")
+    return (f"this llama.cpp build's RPC backend lacks swift-gguf's error reporting (patch 0005).\n"
+            f"Fix: rebuild: {BUILD_HINT}")
+
+
+def devices() -> list[tuple[str, str, int, str]]:
+    """(name, description, type, backend registry name) of every registered ggml device."""
+    if _dev_count is None:
+        return []
+    out = []
+    for i in range(_dev_count()):
+        dev = _dev_get(i)
+        out.append((_dev_name(dev).decode(), _dev_description(dev).decode(), _dev_type(dev),
+                    _reg_name(_dev_reg(dev)).decode()))
+    return out
+
+
+def rpc_add_server(endpoint: str) -> list[str]:
+    """Register a worker's devices (llama.cpp's `--rpc`): later model loads offload layers to them.
+
+    Returns the new devices' names; an empty list when the worker did not answer (see
+    rpc_last_error). Registering an endpoint twice would duplicate its devices: callers keep
+    track (swift_gguf.rpc does).
+    """
+    reg = _rpc_add_server(endpoint.encode())
+    if not reg:
+        return []
+    _register(reg)
+    return [_dev_name(_reg_dev_get(reg, i)).decode() for i in range(_reg_dev_count(reg))]
+
+
+def rpc_start_server(endpoint: str, n_threads: int, device_names: list[str]) -> None:
+    """Serve the named devices to RPC clients; returns only if the server stops (e.g. bind failed)."""
+    by_name = {_dev_name(_dev_get(i)).decode(): _dev_get(i) for i in range(_dev_count())}
+    devs = (ctypes.c_void_p * len(device_names))(*[by_name[n] for n in device_names])
+    _rpc_start_server(endpoint.encode(), None, n_threads, len(device_names), devs)
+
+
+def rpc_error_count() -> int:
+    """RPC connection failures in this process so far (0 without the RPC backend)."""
+    return int(_rpc_error_count()) if _rpc_error_count is not None else 0
+
+
+def rpc_last_error() -> str:
+    """The latest RPC connection failure, e.g. 'RPC server 127.0.0.1:50052: connection lost during GET_TENSOR ...'."""
+    if _rpc_last_error is None:
+        return ""
+    buf = ctypes.create_string_buffer(1024)
+    _rpc_last_error(buf, len(buf))
+    return buf.value.decode(errors="replace")

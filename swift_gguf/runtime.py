@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from llama_cpp import llama_cpp as C
 
-from . import native
+from . import native, rpc
 from .errors import ContextFullError, DecodeError
 
 # llama_get_logits(_ith) returning a plain address (a separate function object: llama_cpp's own
@@ -45,6 +45,7 @@ class Runtime:
         self._batch = C.llama_batch_init(n_batch, 0, 1)
         self._row_types: dict[int, type] = {}
         self.decode_calls = 0
+        self._rpc_errors = native.rpc_error_count()   # RPC connection failures so far (patch 0005)
 
     def close(self) -> None:
         if self._batch is not None:
@@ -67,6 +68,8 @@ class Runtime:
             self._fill(chunk, pos0 + off, seq, all_logits and last_chunk, last_chunk)
             rc = C.llama_decode(self.ctx, self._batch)
             self.decode_calls += 1
+            if rc == -3:   # a failed computation: a lost RPC worker is the one cause to name
+                rpc.check_errors(self._rpc_errors, call_failed=True)
             if rc != 0:
                 msg = _DECODE_ERRORS.get(rc, f"llama_decode failed with code {rc}")
                 if rc == 1:
@@ -76,6 +79,8 @@ class Runtime:
         # read): without this the costs measured on a GPU were the launch times (0.1 ms for a
         # 4.5 ms step) and every speedup prediction built on them was wrong
         C.llama_synchronize(self.ctx)
+        # an RPC worker lost during this call leaves zeros where its layers' results were: never use them
+        rpc.check_errors(self._rpc_errors)
         return time.perf_counter() - start
 
     def _fill(self, tokens: Sequence[int], pos0: int, seq: int, all_logits: bool, last: bool) -> None:
