@@ -32,7 +32,7 @@ NO_STAND_IN = {
       for kind, rec, hyb in (("recurrent", True, False), ("hybrid", False, True))),
 }
 # Files and their tests that must pass (the three small files never construct a Llama).
-ALL_PASSED = {"test_llama.py": 15, "test_llama_chat_format.py": 2, "test_llama_grammar.py": 3,
+ALL_PASSED = {"test_llama.py": 9, "test_llama_chat_format.py": 2, "test_llama_grammar.py": 3,
               "test_llama_speculative.py": 1}
 
 # (spec, stand-in for stories15M, pytest selection, tests that must pass per file, skipped ones)
