@@ -240,10 +240,21 @@ class SwiftLlama(llama_cpp.Llama):
         """
         if params.greedy and not params.penalized and grammar is None and logits_processor is None:
             return GreedySampler(self.rt.logits)
+        if grammar is not None:
+            self._check_grammar(grammar)
         if params.seed is not None:
             self.set_seed(params.seed)
         chain = self._init_sampler(**params.llama_kwargs(), logits_processor=logits_processor, grammar=grammar)
         return ChainSampler(chain, self._ctx.ctx, self._show_context if logits_processor is not None else None)
+
+    def _check_grammar(self, grammar) -> None:
+        """Refuse a grammar llama.cpp cannot parse (Llama would add a null sampler and crash on use)."""
+        smpl = C.llama_sampler_init_grammar(self._model.vocab, grammar._grammar.encode("utf-8"),
+                                            grammar._root.encode("utf-8"))
+        if not smpl:
+            raise ValueError("the grammar does not parse as GBNF (llama.cpp's parser refused it; with verbose=True "
+                             "its log says where). Fix the grammar, e.g. root ::= \"yes\" | \"no\"")
+        C.llama_sampler_free(smpl)
 
     def _show_context(self, context: Sequence[int]) -> None:
         """Llama's logits processors read self._input_ids: make it the tokens before the sampled one."""

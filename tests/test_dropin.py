@@ -346,3 +346,9 @@ def test_a_failed_load_leaves_no_noise_at_exit(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ModelFileError"
     assert "Exception ignored" not in res.stderr and "AttributeError" not in res.stderr, res.stderr
+
+
+def test_a_grammar_that_does_not_parse_is_a_clear_error(pair):
+    """Llama adds a null sampler for such a grammar and crashes on the first token; SwiftLlama refuses it."""
+    with pytest.raises(ValueError, match="does not parse"):
+        pair[1].create_completion("Hi", max_tokens=2, grammar=LlamaGrammar.from_string("root ::= (", verbose=False))
