@@ -354,7 +354,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _send_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload, default=str).encode("utf-8")
+        data = json.dumps(payload, default=_json_value).encode("utf-8")
         self._start_response(status, {"Content-Type": "application/json", "Content-Length": str(len(data)),
                                       **(headers or {})})
         if self.command != "HEAD":
@@ -369,7 +369,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _write_event(self, payload: dict | str) -> None:
         """One server-sent event; raises BrokenPipeError/ConnectionResetError when the client is gone."""
-        data = payload if isinstance(payload, str) else json.dumps(payload, default=str)
+        data = payload if isinstance(payload, str) else json.dumps(payload, default=_json_value)
         self.wfile.write(f"data: {data}\n\n".encode("utf-8"))
 
     def log_request(self, code="-", size="-") -> None:
@@ -512,6 +512,12 @@ class SwiftServer(ThreadingHTTPServer):
         self.shutdown()
         self.gate.wait_idle(timeout)
         self.server_close()
+
+
+def _json_value(obj: Any) -> Any:
+    """JSON for what json cannot encode: numpy scalars (logprobs are np.float32) as numbers, else text."""
+    item = getattr(obj, "item", None)
+    return item() if callable(item) else str(obj)
 
 
 def _log_to_stderr(line: str) -> None:

@@ -45,7 +45,7 @@ def plain(llm, prompts):
 
 
 def test_off_mode_is_llama_cpp_python_plain_decoding(model_path, prompts, plain):
-    ref = llama_cpp.Llama(str(model_path), n_ctx=1024, flash_attn=True, verbose=False)
+    ref = llama_cpp.Llama(str(model_path), n_ctx=1024, verbose=False)   # the same arguments as the fixture
     try:
         for pid in list(prompts)[:6]:
             ref.reset()
