@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, NamedTuple
 
-from . import costmodel
+from . import costmodel, limits
 from .controller import SPEC_TYPE_ALIASES, Controller, Plan, resolve_spec_type
 from .costmodel import Costs
 from .drafters import LAYER_SKIP, LOOKUP, Draft, LayerSkipDrafter, LookupDrafter
@@ -54,10 +54,10 @@ class SpecConfig:
         if self.spec_type is not None:
             self.spec_type = SPEC_TYPE_ALIASES.get(self.spec_type, self.spec_type)
             resolve_spec_type(self.spec_type, self.mode)   # raises for an unknown type
-        if not 0.0 < self.draft_p_min <= 1.0:
-            raise ValueError(f"draft_p_min (epsilon) must be in (0, 1], got {self.draft_p_min}")
-        if self.draft_max is not None and self.draft_max < 1:
-            raise ValueError(f"draft_max must be at least 1, got {self.draft_max}")
+        if self.draft_p_min not in limits.DRAFT_P_MIN:
+            raise ValueError(f"draft_p_min (epsilon) must be in {limits.DRAFT_P_MIN}, got {self.draft_p_min}")
+        if self.draft_max is not None and self.draft_max not in limits.DRAFT_MAX:
+            raise ValueError(f"draft_max must be in {limits.DRAFT_MAX}, got {self.draft_max}")
 
 
 class Token(NamedTuple):

@@ -70,13 +70,18 @@ def test_verification_batches_equal_one_token_decoding(name, flash_attn, bench_p
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_long_context_attention_is_batch_invariant(name, bench_prompts):
-    """Past 512 KV cells upstream splits a single query row's attention over the KV cells."""
+    """Past 256 used KV cells (llama.cpp pads to 512+) upstream splits a one-token decode's
+    attention into one chunk of cells per thread, and the chunks depend on the padded cell count;
+    the patch computes each row of a verification batch with its own decode's chunks. The
+    prefixes make batches cross the 256, 512 and 768 padding boundaries and stay inside one."""
     llm = _load(name, True, n_ctx=2048)
     try:
         text = " ".join(p["prompt"] for p in bench_prompts)
-        prefix = _continuation(llm, text, 900)
-        batch, single = batch_and_single(llm, prefix, _continuation(llm, "The answer is", 9))
-        assert float(np.abs(batch - single).max()) == 0.0
+        for n_prefix, n in ((250, 9), (505, 17), (760, 32), (900, 9)):
+            prefix = _continuation(llm, text, n_prefix)
+            batch, single = batch_and_single(llm, prefix, _continuation(llm, "The answer is", n))
+            diff = float(np.abs(batch - single).max())
+            assert diff == 0.0, f"{name}: prefix {n_prefix}, batch {n}: max |diff| {diff}"
     finally:
         llm.close()
 

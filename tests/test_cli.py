@@ -6,6 +6,7 @@ spin. Tests never assert timings, only the shape of the output and the identity 
 from __future__ import annotations
 
 import json
+import re
 
 import click
 import pytest
@@ -243,3 +244,17 @@ def test_option_types_take_their_bounds_from_limits(option, bound, inside, outsi
 
 def test_bound_notation():
     assert (str(limits.DRAFT_P_MIN), str(limits.CTX_SIZE), str(limits.PROBABILITY)) == ("(0, 1]", "[16, inf)", "[0, 1]")
+
+
+@pytest.mark.parametrize("field, bound, inside, outside", [
+    ("draft_p_min", limits.DRAFT_P_MIN, [1.0, 1e-6], [0.0, 1.01]),
+    ("draft_max", limits.DRAFT_MAX, [1, 64], [0, -3]),
+])
+def test_spec_config_checks_the_same_bounds(field, bound, inside, outside):
+    """The API's SpecConfig refuses exactly what the CLI refuses, naming the interval."""
+    from swift_gguf.engine import SpecConfig
+    for value in inside:
+        assert getattr(SpecConfig(**{field: value}), field) == value
+    for value in outside:
+        with pytest.raises(ValueError, match=re.escape(str(bound))):
+            SpecConfig(**{field: value})
