@@ -85,7 +85,7 @@ class Caller:
             for i in range(d):
                 self.rt.decode([self.tok], self.n_past + i)
         self.rt.remove(0, self.n_past, -1)
-        self.rt.decode([self.tok] * (d + 1), self.n_past, all_logits=True)
+        self.rt.verify([self.tok] * (d + 1), self.n_past)
         self.rt.remove(0, self.n_past, -1)
         return time.perf_counter() - t0
 

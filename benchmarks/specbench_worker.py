@@ -186,7 +186,7 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
             best = float("inf")
             # every v(n) is divided by t(1): it gets more tries (it is the cheapest call)
             for i in range((3 * reps if n == 1 else reps) + 1):
-                secs = rt.decode(filler[:n] if n <= ctx else (filler * 2)[:n], ctx, seq=1, all_logits=True)
+                secs = rt.verify(filler[:n] if n <= ctx else (filler * 2)[:n], ctx, seq=1)
                 rt.remove(1, ctx, -1)
                 if i:
                     best = min(best, secs)

@@ -59,11 +59,11 @@ def t_drafts(rt, n_past, tok, mask):
 
 
 def t_verifies(rt, n_past, tok):
-    rt.decode([tok] * 5, n_past, all_logits=True); rt.logits_rows(5)
+    rt.verify([tok] * 5, n_past); rt.logits_rows(5)
     rt.remove(0, n_past, -1)
     t0 = time.perf_counter()
     for _ in range(N):
-        rt.decode([tok] * 5, n_past, all_logits=True); rt.logits_rows(5)
+        rt.verify([tok] * 5, n_past); rt.logits_rows(5)
         rt.remove(0, n_past, -1)
     t = (time.perf_counter() - t0) / N
     rt.remove(0, n_past, -1)
@@ -76,7 +76,7 @@ def t_cycles(rt, n_past, tok, mask):
             for i in range(4):
                 rt.decode([tok], n_past + i); rt.logits(-1)
         rt.remove(0, n_past, -1)
-        rt.decode([tok] * 5, n_past, all_logits=True); rt.logits_rows(5)
+        rt.verify([tok] * 5, n_past); rt.logits_rows(5)
         rt.remove(0, n_past, -1)
     cycle()
     t0 = time.perf_counter()

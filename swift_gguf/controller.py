@@ -30,6 +30,8 @@ BACKOFF_TOKENS = 64      # generated tokens a losing drafter sits out at first
 BACKOFF_MAX = 4096       # ... doubling up to this
 BACKOFF_EVIDENCE = 8     # decayed cycles of a drafter before a measured loss is believed
 BACKOFF_DECAY = 0.95
+BACKOFF_LOSS = 0.9        # measured tokens per plain-step cost below which a drafter sits out
+                          # (near 1 the measurement's noise, not a loss: the acceptance model adapts)
 
 
 def resolve_spec_type(spec_type: str | None, mode: str) -> str:
@@ -118,7 +120,7 @@ class Backoff:
         self._tokens[drafter] = BACKOFF_DECAY * self._tokens.get(drafter, 0.0) + emitted
         self._cost[drafter] = BACKOFF_DECAY * self._cost.get(drafter, 0.0) + cost
         live = self.measured(drafter)
-        if live is None or live >= 1.0:
+        if live is None or live >= BACKOFF_LOSS:
             if live is not None:
                 self._length.pop(drafter, None)   # it pays again: the next loss starts short
             return None

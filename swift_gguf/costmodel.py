@@ -271,7 +271,7 @@ def calibrate(rt, last: int, n_past: int, costs: Costs, *, sub_layers: bool = Tr
             with rt.skipping(mask):
                 for i in range(reps + 1):
                     for n in sizes:
-                        secs = rt.decode(toks[:n], n_past, seq=1, all_logits=True)
+                        secs = rt.verify(toks[:n], n_past, seq=1)
                         rt.remove(1, n_past, -1)
                         if i:
                             best[n] = min(best[n], secs)

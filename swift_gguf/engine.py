@@ -273,7 +273,7 @@ class SwiftEngine:
         """One draft/verify cycle; returns the accepted drafts and the verifier's token."""
         rt, n_past, drafter = self.rt, stream.n_past, plan.offer.drafter
         draft = drafter.propose(plan.offer, stream, plan.d)
-        t_v = rt.decode([stream.last, *draft.tokens], n_past, all_logits=True)
+        t_v = rt.verify([stream.last, *draft.tokens], n_past)
         t0 = time.perf_counter()
         history = stream.tokens   # == tokens[:n_past + 1]; the accepted tokens extend it below
         out: list[int] = []

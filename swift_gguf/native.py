@@ -16,8 +16,11 @@ from typing import Iterator
 
 from .errors import NativeLibraryError
 
-# 1: layer skip (0001); 2: CPU batches of up to 32 tokens are bit-identical to one-token decoding (0003)
-ABI_VERSION = 2
+# 1: layer skip (0001); 2: CPU batches of up to 32 tokens are bit-identical to one-token decoding (0003);
+# 3: that batch invariance is a per-context setting, off by default (set_batch_invariance)
+ABI_VERSION = 3
+# Verification batches (draft length + 1) stay within this; the graph cache of 0002 uses the same bound.
+INVARIANT_MAX_BATCH = 32
 BUILD_HINT = "python native/build.py   (or ./bootstrap.sh, which also sets up .venv)"
 
 try:
@@ -64,6 +67,8 @@ _clear_skip = _bind("llama_swift_clear_layer_skip", [ctypes.c_void_p], None)
 # int32_t llama_swift_get_layer_skip(const struct llama_context * ctx, uint8_t * mask, int32_t n_mask);
 _get_skip = _bind("llama_swift_get_layer_skip",
                   [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8), ctypes.c_int32], ctypes.c_int32)
+# void llama_swift_set_batch_invariance(struct llama_context * ctx, int32_t max_batch);
+_set_invariance = _bind("llama_swift_set_batch_invariance", [ctypes.c_void_p, ctypes.c_int32], None)
 # void llama_swift_graph_stats(const struct llama_context * ctx, int64_t * n_built, int64_t * n_reused);
 _graph_stats = _bind("llama_swift_graph_stats",
                      [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64)], None)
@@ -133,6 +138,13 @@ def set_layer_skip(ctx_ptr, mask: bytes | bytearray | None) -> None:
     rc = _set_skip(ctx_ptr, buf, len(mask))
     if rc != LLAMA_SWIFT_OK:
         raise ValueError(f"llama_swift_set_layer_skip: {_SET_ERRORS.get(rc, f'error {rc}')}")
+
+
+def set_batch_invariance(ctx_ptr, max_batch: int = INVARIANT_MAX_BATCH) -> None:
+    """On the CPU, batches of up to max_batch tokens give every token the logits a one-token decode
+    gives it (speculative verification is then lossless); 0, llama.cpp's default, is upstream's
+    kernels for every batch (prompt processing stays bit-identical to an unpatched llama.cpp)."""
+    _set_invariance(ctx_ptr, max_batch)
 
 
 def clear_layer_skip(ctx_ptr) -> None:

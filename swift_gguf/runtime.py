@@ -83,6 +83,19 @@ class Runtime:
         rpc.check_errors(self._rpc_errors)
         return time.perf_counter() - start
 
+    def verify(self, tokens: Sequence[int], pos0: int, *, seq: int = 0) -> float:
+        """Decode a verification batch (logits for every row): each row's logits are exactly those a
+        one-token decode at its position gives (CPU, patch 0003), so accepting drafts against them is
+        lossless. Only here: every other batch (prompts) runs upstream's kernels, as llama.cpp's own."""
+        if len(tokens) > native.INVARIANT_MAX_BATCH:
+            raise ValueError(f"a verification batch holds at most {native.INVARIANT_MAX_BATCH} tokens, "
+                             f"got {len(tokens)}")
+        native.set_batch_invariance(self.ctx)
+        try:
+            return self.decode(tokens, pos0, seq=seq, all_logits=True)
+        finally:
+            native.set_batch_invariance(self.ctx, 0)
+
     def _fill(self, tokens: Sequence[int], pos0: int, seq: int, all_logits: bool, last: bool) -> None:
         b = self._batch
         n = len(tokens)

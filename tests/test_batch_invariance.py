@@ -1,5 +1,6 @@
-"""patch 0003: on the CPU, a verification-sized batch computes each token bit for bit as a
-one-token decode does, for every weight type and with or without flash attention.
+"""patch 0003: on the CPU, a verification batch (Runtime.verify: the setting on for that decode)
+computes each token bit for bit as a one-token decode does, for every weight type and with or
+without flash attention; every other batch runs upstream's kernels.
 
 Speculative verification is lossless only if the verifier's logits for a drafted position are
 exactly the logits plain decoding would compute there. Upstream's CPU backend sums in another
@@ -21,7 +22,7 @@ from swift_gguf.models import resolve_model
 from swift_gguf.sampling import SamplingParams
 from swift_gguf.skipset import SkipSet
 
-BATCH_SIZES = (2, 5, 9, 17, 32)   # 32 = SWIFT_INVARIANT_MAX_BATCH in the patch
+BATCH_SIZES = (2, 5, 9, 17, 32)   # 32 = native.INVARIANT_MAX_BATCH (Runtime.verify)
 
 
 def _load(name: str, flash_attn: bool, n_ctx: int = 1024) -> SwiftLlama:
@@ -30,13 +31,18 @@ def _load(name: str, flash_attn: bool, n_ctx: int = 1024) -> SwiftLlama:
                       profile=None, spec="off")
 
 
-def batch_and_single(llm: SwiftLlama, prefix: list[int], cont: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of cont evaluated as one batch after prefix, and one token at a time."""
+def batch_and_single(llm: SwiftLlama, prefix: list[int], cont: list[int], *,
+                     verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of cont evaluated as one batch after prefix (a verification batch, or a plain one
+    with upstream's kernels), and one token at a time."""
     rt = llm.rt
     rt.clear()
     rt.decode(prefix, 0)
     n0 = len(prefix)
-    rt.decode(cont, n0, all_logits=True)
+    if verify:
+        rt.verify(cont, n0)
+    else:
+        rt.decode(cont, n0, all_logits=True)
     batch = rt.logits_rows(len(cont)).copy()
     rt.remove(0, n0, -1)
     single = []
@@ -64,6 +70,26 @@ def test_verification_batches_equal_one_token_decoding(name, flash_attn, bench_p
                 batch, single = batch_and_single(llm, prefix, _continuation(llm, p["prompt"], n))
                 diff = float(np.abs(batch - single).max())
                 assert diff == 0.0, f"{name} fa={flash_attn} prompt {p['id']} batch {n}: max |diff| {diff}"
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "no-fa"])
+def test_only_verification_batches_are_invariant(flash_attn, bench_prompts):
+    """Invariance is a setting Runtime.verify turns on for its decode alone: any other batch (a
+    prompt) runs upstream's kernels, bit for bit what an unpatched llama.cpp computes, and those
+    sum in another order than one-token decoding (Gemma 3's K-quants: the tiled and repacked paths)."""
+    llm = _load("gemma3-270m", flash_attn, n_ctx=2048)
+    try:
+        p = bench_prompts[0]["prompt"]
+        prefix, cont = llm.tokenize(p.encode()), _continuation(llm, p, 9)
+        batch, single = batch_and_single(llm, prefix, cont, verify=False)
+        assert float(np.abs(batch - single).max()) > 1e-3
+        batch, single = batch_and_single(llm, prefix, cont)
+        assert float(np.abs(batch - single).max()) == 0.0
+        # and a plain batch after a verification is upstream's again
+        batch, single = batch_and_single(llm, prefix, cont, verify=False)
+        assert float(np.abs(batch - single).max()) > 1e-3
     finally:
         llm.close()
 

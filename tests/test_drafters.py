@@ -91,6 +91,14 @@ def test_acceptance_is_conditional_per_position():
     assert a.probs(0) == [0.5] * 4
 
 
+
+def test_acceptance_priors_per_position():
+    """A (first, later) prior: once a looked-up token was right the text is usually being copied."""
+    a = Acceptance([(0.2, 0.8), 0.5], positions=4, weight=2.0, decay=1.0)
+    assert a.probs(0) == pytest.approx([0.2, 0.8, 0.8, 0.8]) and a.probs(1) == pytest.approx([0.5] * 4)
+    a.observe(0, drafted=4, n_accepted=0)    # only position 1 reached: the later ones keep their prior
+    assert a.probs(0) == pytest.approx([0.4 / 3, 0.8, 0.8, 0.8])
+
 # -- the cost model ------------------------------------------------------------------------------
 
 def test_v_table_prefers_live_numbers_and_shifts_calibration_by_context():

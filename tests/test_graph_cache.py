@@ -163,7 +163,7 @@ def _steady_cycles(llm: SwiftLlama, mask: bytes, prompt: list[int], n_cycles: in
             for i in range(d):
                 rt.decode([last], n_past + i)
         rt.remove(0, n_past, -1)
-        rt.decode([last] * (d + 1), n_past, all_logits=True)
+        rt.verify([last] * (d + 1), n_past)
         rt.remove(0, n_past + 2, -1)
         n_past += 2
         yield native.graph_stats(rt.ctx)

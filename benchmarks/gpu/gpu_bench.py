@@ -197,7 +197,7 @@ def measure_switching(llm, mask: bytes, reps: int, until: float = float("inf"), 
 
     def verify():
         t = pc()
-        rt.decode(vt, n, all_logits=True)
+        rt.verify(vt, n)
         rt.logits_rows(len(vt)).argmax(axis=1)
         dt = pc() - t
         rt.remove(0, n, -1)
@@ -212,7 +212,7 @@ def measure_switching(llm, mask: bytes, reps: int, until: float = float("inf"), 
                 tok, _ = top1(rt.logits(-1))
                 drafts.append(tok)
         rt.remove(0, n, -1)
-        rt.decode([last, *drafts], n, all_logits=True)
+        rt.verify([last, *drafts], n)
         rt.logits_rows(len(drafts) + 1).argmax(axis=1)
         rt.remove(0, n, -1)
         return pc() - t
