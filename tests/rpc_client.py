@@ -21,7 +21,14 @@ from swift_gguf.api import SwiftLlama
 from swift_gguf.errors import RpcError
 from swift_gguf.skipset import ATTN, FFN, SkipSet
 
-PROMPTS = ["The history of the old harbour town begins", "Here is a short recipe for bread:"]
+# longer than 32 tokens: a prompt batch then runs upstream's kernels on the client and on the workers
+# alike (the workers have patch 0003's invariance on for every batch of <= 32 tokens, since a client
+# cannot switch it per decode over RPC; the client turns it on for its verification decodes alone)
+PROMPTS = ["The history of the old harbour town begins in the twelfth century, when fishermen from the "
+           "northern villages settled along the river mouth and built the first wooden piers, the "
+           "warehouses and a small chapel for the sailors. Over the next",
+           "Here is a short recipe for bread, written for someone who has never baked before and wants "
+           "a simple loaf made with flour, water, salt and yeast, baked in an ordinary home oven:"]
 N_TOKENS = 40
 ONE_THREAD = dict(n_threads=1, n_threads_batch=1)
 

@@ -17,7 +17,8 @@ GREEDY = dict(temp=0.0)
 @pytest.fixture(scope="module")
 def llm(model_path):
     from swift_gguf.api import SwiftLlama
-    model = SwiftLlama(str(model_path), n_ctx=1024, spec="off", profile=None)
+    # flash attention as the CLI loads it: the transcript test compares the CLI's reply with this one's
+    model = SwiftLlama(str(model_path), n_ctx=1024, spec="off", profile=None, flash_attn=True)
     yield model
     model.close()
 
