@@ -70,11 +70,18 @@ CASES = {
 }
 
 
+# every prompt for one case; every fourth prompt (all categories of bench.jsonl) for the others:
+# each case decodes 128 tokens per prompt with full-cost layer-skip drafts
+FULL_CASE = "random-d4"
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_swift_greedy_equals_plain(llm, prompts, plain, case):
     skip, d = CASES[case]
     drafted = accepted = 0
-    for pid, toks in prompts.items():
+    ids = list(prompts) if case == FULL_CASE else list(prompts)[::4]
+    for pid in ids:
+        toks = prompts[pid]
         out = run(llm, toks, mode="swift", skip=skip, draft_max=d)
         assert out == plain[pid], f"{case}: prompt {pid} diverges at {first_diff(out, plain[pid])}"
         st = llm.last_stats
