@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from swift_gguf.controller import Controller   # noqa: E402
 from swift_gguf.costmodel import MIN_LIVE, V_MAX   # noqa: E402
-from swift_gguf.drafters import LOOKUP, Draft, LookupDrafter   # noqa: E402
+from swift_gguf.drafters import LOOKUP, LookupDrafter   # noqa: E402
 from swift_gguf.engine import SpecConfig, Stream   # noqa: E402
 
 
@@ -78,8 +77,7 @@ def replay_turn(prompt: list[int], out: list[int], costs: RunCosts, ctl: Control
         if plan.offer is None:
             emitted, secs = [out[k]], t1
         else:
-            draft = Draft(LOOKUP, plan.offer.tokens[:plan.d], None, 0.0, plan.offer.key)
-            drafter.propose(plan.offer, stream, plan.d)
+            draft = drafter.propose(plan.offer, stream, plan.d)
             n_acc = 0
             while n_acc < len(draft.tokens) and draft.tokens[n_acc] == out[k + n_acc]:
                 n_acc += 1
@@ -100,7 +98,8 @@ def replay_turn(prompt: list[int], out: list[int], costs: RunCosts, ctl: Control
 def replay(run: dict, arm: str = "baseline", margin: float | None = None) -> dict:
     costs = RunCosts(run["verify_costs"])
     by_cat: dict[str, list[float]] = {}
-    totals = [0.0, 0.0, 0, 0]
+    plain_total = sim_total = 0.0
+    cycles = accepted = 0
     column = {str(q["question_id"]): q["column"] for q in run["questions"]}
     # one drafter and controller for the whole run, as in a benchmark worker (a long-lived model)
     cfg = SpecConfig(mode="auto", spec_type="ngram")
@@ -113,13 +112,14 @@ def replay(run: dict, arm: str = "baseline", margin: float | None = None) -> dic
         turns = reps[0]
         p_s = s_s = 0.0
         for t in turns:
-            r = replay_turn(t["prompt"], t["tokens"], costs, ctl, drafter)
-            p_s, s_s = p_s + r[0], s_s + r[1]
-            totals = [totals[0] + r[0], totals[1] + r[1], totals[2] + r[2], totals[3] + r[3]]
+            t_plain, t_sim, n_cycles, n_acc = replay_turn(t["prompt"], t["tokens"], costs, ctl, drafter)
+            p_s, s_s = p_s + t_plain, s_s + t_sim
+            cycles, accepted = cycles + n_cycles, accepted + n_acc
+        plain_total, sim_total = plain_total + p_s, sim_total + s_s
         by_cat.setdefault(cat, []).append((p_s, s_s))
     cats = {c: sum(p for p, _ in v) / sum(s for _, s in v) for c, v in by_cat.items()}
-    return {"overall": totals[0] / totals[1], "by_category": cats, "cycles": totals[2],
-            "mean_accepted": (totals[3] + totals[2]) / totals[2] if totals[2] else 0.0}
+    return {"overall": plain_total / sim_total, "by_category": cats, "cycles": cycles,
+            "mean_accepted": (accepted + cycles) / cycles if cycles else 0.0}
 
 
 def main() -> None:

@@ -160,8 +160,11 @@ def test_completion_equals_direct_call_and_speculation_keeps_it(server, prompt):
     # each call from an empty cache: a repeated prompt would otherwise reuse the cached prefix and
     # evaluate its last token alone, which (as in llama_cpp.Llama) need not give the logits that
     # token got as a row of the prompt batch
-    want = completion_text(direct(server, lambda m: (m.reset(), m.create_completion(prompt, max_tokens=16,
-                                                                                   temperature=0))[1]))
+    def fresh_completion(m):
+        m.reset()
+        return m.create_completion(prompt, max_tokens=16, temperature=0)
+
+    want = completion_text(direct(server, fresh_completion))
     req = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 16, "temperature": 0}
     for mode in ("off", "swift"):
         direct(server, lambda m: m.reset())
