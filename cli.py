@@ -130,6 +130,9 @@ def load_model(model, ctx_size, n_gpu_layers, threads, spec, draft_max, draft_p_
     path = resolve_model(model)
     if rpc:   # reach the workers before the model object exists (SwiftLlama would register them too)
         add_servers(rpc)
+        if not n_gpu_layers:
+            click.echo("warning: --rpc without -ngl: every layer stays on this machine; "
+                       "pass -ngl N to put the last N layers on the workers", err=True)
     from swift_gguf import native
     from swift_gguf.api import SwiftLlama
     if n_gpu_layers and not rpc and not native.gpu_offload_supported():

@@ -38,6 +38,7 @@ def collect() -> dict:
             cmake_args=build.get("cmake_args", []),
             backends=native.backends(),
             gpu_offload=native.gpu_offload_supported(),
+            rpc=native.rpc_supported(),   # --rpc / swift-gguf rpc-server
             # per backend device: is speculative output guaranteed identical to plain decoding?
             identical_output={b: native.verification_is_exact("cpu" if b.upper().startswith("CPU") else b)
                               for b in native.backends()},
@@ -65,7 +66,8 @@ def render(report: dict) -> str:
                   f"  library: {report['library']}",
                   f"  layer skip architectures: {', '.join(report['layer_skip_architectures'])} "
                   "(recurrent and hybrid models decode plainly: their state cannot be rolled back)",
-                  f"  backends: {', '.join(report['backends'])}; GPU offload: {report['gpu_offload']}",
+                  f"  backends: {', '.join(report['backends'])}; GPU offload: {report['gpu_offload']}; "
+                  f"RPC (--rpc, rpc-server): {report['rpc']}",
                   f"  cmake args: {' '.join(report['cmake_args'])}"]
         for dev, exact in report.get("identical_output", {}).items():
             lines.append(f"  {dev}: speculative output " + ("identical to plain decoding (batch-invariant verification)"

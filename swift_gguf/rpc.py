@@ -24,7 +24,6 @@ from typing import IO, Iterable
 from . import native
 from .errors import RpcError
 
-DEFAULT_PORT = 50052          # llama.cpp's rpc-server default
 CONNECT_TIMEOUT_S = 5.0       # reachability check before llama.cpp connects (its connect() has no timeout)
 
 _lock = threading.Lock()
