@@ -11,7 +11,7 @@ Smoke run (1 question per category, 1 repetition; numbers meaningless on a share
 
     .venv/bin/python benchmarks/specbench.py --per-category 1 --reps 1 --out /tmp/smoke.json
 
-Questions: ../shared/prompts/spec-bench/questions.jsonl (its README), `--per-category` of each of
+Questions: benchmarks/data/spec-bench/questions.jsonl (its README), `--per-category` of each of
 the six Spec-Bench categories (evenly spaced through the category, so multi-turn spans MT-bench's
 sub-categories). Multi-turn questions run both turns: each arm's own first answer is appended to
 the conversation before the second turn, as Spec-Bench does. Greedy, `--max-tokens` per turn.
@@ -20,7 +20,7 @@ Prompts: the model's chat template; a model without one (Gemma 3 270M is a base 
 
 Arms, each a long-lived worker process (benchmarks/specbench_worker.py, model loaded once),
 run one after the other on each question, the order rotating per question and repetition
-(A B C .. then B C .. A), per the protocol in shared/design/performance-model.md:
+(A B C .. then B C .. A), per the protocol in docs/benchmark-protocol.md:
   baseline  unpatched llama-cpp-python 0.3.36, plain decoding (peer venv; every ratio's base)
   off       swift-gguf, spec="off" (patched build, plain decoding)
   auto      swift-gguf, spec="auto"
@@ -64,7 +64,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-QUESTIONS = ROOT.parent / "shared" / "prompts" / "spec-bench" / "questions.jsonl"
+QUESTIONS = ROOT / "benchmarks" / "data" / "spec-bench" / "questions.jsonl"   # Apache-2.0, see its README
 RESULTS = ROOT / "benchmarks" / "results"
 WORKER = Path(__file__).resolve().parent / "specbench_worker.py"
 # Spec-Bench's own column order and its leaderboard's column titles
@@ -99,7 +99,7 @@ def load_questions(path: Path, per_category: int) -> list[dict]:
     missing = [c for c in CATEGORIES if c not in by_cat]
     if missing:
         raise BenchError(f"{path} has no questions of {', '.join(missing)}.\n"
-                         "Fix: use Spec-Bench's file with the spec_bench_category field (shared/prompts/spec-bench).")
+                         "Fix: use Spec-Bench's file with the spec_bench_category field (benchmarks/data/spec-bench).")
     out = []
     for cat in CATEGORIES:
         qs = by_cat[cat]

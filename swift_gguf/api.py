@@ -38,6 +38,14 @@ def _warn_inexact_once(backend: str) -> None:
     if backend in _warned_inexact:
         return
     _warned_inexact.add(backend)
+    if backend.upper().startswith("RPC"):
+        # the client cannot see what a worker runs: `swift-gguf rpc-server` starts its CPU backend
+        # with batch invariance on (GGML_SWIFT_INVARIANT_BATCH), llama.cpp's own rpc-server does not
+        print(f"swift-gguf: layers are on RPC workers ({backend}); speculative output equals plain decoding "
+              "when every worker is `swift-gguf rpc-server` on a CPU (its verification batches are bit-exact). "
+              "A worker started with llama.cpp's own rpc-server, or one on a GPU, computes batches in another "
+              "order: output may differ from plain decoding where two tokens are nearly tied.", file=sys.stderr)
+        return
     print(f"swift-gguf: layers are offloaded ({backend}); on this backend llama.cpp's batched verification is "
           "not bit-identical to one-token decoding, so a speculative output may differ from plain decoding "
           "where two tokens are nearly tied (the CPU build guarantees identical output). Use --spec off / "

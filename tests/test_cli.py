@@ -166,7 +166,7 @@ def optimized(fixture_k1, tmp_path_factory):
     prompts.write_text('{"prompt": "Write a haiku about the sea."}\n{"prompt": "List three fruits."}\n')
     profile, plot = tmp / "k1.json", tmp / "search.png"
     r = ok("optimize", "-m", fixture_k1, "--prompts", prompts, "--max-probes", 150, "--tokens", 48,
-           "--json", "-t", 1, "--profile", profile, "--plot", plot)
+           "--json", "--profile", profile, "--plot", plot)
     return json.loads(r.stdout), profile, plot
 
 

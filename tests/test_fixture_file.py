@@ -36,11 +36,11 @@ def base_reader(base_path) -> GGUFReader:
 
 @pytest.fixture(scope="module", params=[1, 3], ids=lambda k: f"K{k}")
 def fixture_file(request, base_path, tmp_path_factory):
-    """(per_block, metadata, reader) for a freshly built fixture."""
+    """(per_block, metadata, reader, path) for a freshly built fixture (each K built once)."""
     k = request.param
     out = tmp_path_factory.mktemp(f"fixture_k{k}") / f"fixture_k{k}.gguf"
     meta = build_fixture(base_path, out, per_block=k)
-    return k, meta, GGUFReader(out, "r")
+    return k, meta, GGUFReader(out, "r"), out
 
 
 def _value(reader: GGUFReader, key: str):
@@ -62,7 +62,7 @@ def test_inserted_layers_indices():
 
 
 def test_layer_count_and_metadata(fixture_file, base_reader):
-    k, meta, rd = fixture_file
+    k, meta, rd, _ = fixture_file
     arch = _value(base_reader, "general.architecture")
     n_orig = _value(base_reader, f"{arch}.block_count")
     assert meta["n_orig_layer"] == n_orig
@@ -89,7 +89,7 @@ def test_layer_count_and_metadata(fixture_file, base_reader):
 
 
 def test_tensor_layout(fixture_file, base_reader):
-    k, meta, rd = fixture_file
+    k, meta, rd, _ = fixture_file
     n_blk = sum(t.name.startswith("blk.") for t in base_reader.tensors)
     n_other = len(base_reader.tensors) - n_blk
     assert len(rd.tensors) == meta["n_tensors"] == n_other + n_blk * (k + 1)
@@ -100,7 +100,7 @@ def test_tensor_layout(fixture_file, base_reader):
 
 
 def test_inserted_blocks_are_identities(fixture_file, base_reader):
-    k, meta, rd = fixture_file
+    k, meta, rd, _ = fixture_file
     out, base = _tensors(rd), _tensors(base_reader)
     step = k + 1
     for layer in meta["inserted_layers"]:
@@ -118,7 +118,7 @@ def test_inserted_blocks_are_identities(fixture_file, base_reader):
 
 
 def test_original_blocks_and_globals_unchanged(fixture_file, base_reader):
-    k, meta, rd = fixture_file
+    k, meta, rd, _ = fixture_file
     out = _tensors(rd)
     for b in base_reader.tensors:
         name = b.name
@@ -140,23 +140,21 @@ def test_zero_q41_block_decodes_to_zero():
     assert values.shape == (4, 3 * block_size) and np.all(values == 0.0)
 
 
-def test_atomic_write_leaves_no_temp(base_path, tmp_path):
-    out = tmp_path / "sub" / "fx.gguf"
-    meta = build_fixture(base_path, out, per_block=1, validate=False)
+def test_atomic_write_leaves_no_temp(fixture_file):
+    _, meta, _, out = fixture_file
     assert out.is_file() and meta["out_bytes"] == out.stat().st_size
-    assert [p.name for p in out.parent.iterdir()] == ["fx.gguf"]
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 
-def test_llama_cpp_greedy_matches_base(base_path, tmp_path):
-    """llama.cpp loads the fixture at twice the depth, and since identity blocks add exactly 0 to
-    the residual stream, its greedy output is the base model's."""
+def test_llama_cpp_greedy_matches_base(base_path, fixture_file):
+    """llama.cpp loads the fixture at K + 1 times the depth, and since identity blocks add exactly
+    0 to the residual stream, its greedy output is the base model's."""
     import llama_cpp
 
-    out = tmp_path / "fixture_k1.gguf"
-    build_fixture(base_path, out, per_block=1)
+    k, _, _, out = fixture_file
 
     def greedy(path: Path) -> tuple[str, int]:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False)
         try:
             res = llm.create_completion("The capital of France is", max_tokens=16, temperature=0.0, top_k=1)
             # what llama.cpp loaded, not what the file says: the model's own layer count
@@ -165,5 +163,5 @@ def test_llama_cpp_greedy_matches_base(base_path, tmp_path):
             llm.close()
 
     (base_text, base_n), (fixture_text, fixture_n) = greedy(base_path), greedy(out)
-    assert base_n > 0 and fixture_n == 2 * base_n
+    assert base_n > 0 and fixture_n == (k + 1) * base_n
     assert base_text and fixture_text == base_text
