@@ -22,27 +22,23 @@ def cpu_like_costs(n_layer: int) -> Costs:
 
 
 def test_search_finds_the_inserted_blocks_of_the_fixture(fixture_k1, bench_prompts):
-    """Real model, real probes: every chosen sub-layer is an inserted identity, matchness 1.0."""
+    """Real model, real probes: every chosen sub-layer is an inserted identity, matchness 1.0.
+    (That a seed fixes the whole search, Bayesian steps included: test_reset_gives_the_search_of_a_new_object.)"""
     from benchmarks.redundancy_fixture import inserted_layers
     from swift_gguf.api import SwiftLlama
     from swift_gguf.optimize import run_optimize
 
-    results = []
-    for _ in range(2):   # reproducible for a fixed seed
-        llm = SwiftLlama(str(fixture_k1), n_ctx=1024, profile=None)
-        try:
-            r = run_optimize(llm, bench_prompts[:3], seed=3, max_probes=200, tokens=64, progress=False)
-        finally:
-            llm.close()
-        results.append(r)
-    r = results[0]
+    llm = SwiftLlama(str(fixture_k1), n_ctx=1024, profile=None)
+    try:
+        r = run_optimize(llm, bench_prompts[:3], seed=3, max_probes=200, tokens=64, progress=False)
+    finally:
+        llm.close()
     inserted = set(inserted_layers(30, 1))
     chosen = set(r["skip"]["attention"]) | set(r["skip"]["ffn"])
     assert chosen and chosen <= inserted
     assert r["matchness"] == 1.0
     assert len(r["skip"]["attention"]) + len(r["skip"]["ffn"]) >= 40   # most of the 58 free sub-layers
     assert r["probes"] <= 200 and r["search_done"]
-    assert results[1]["skip"] == r["skip"] and results[1]["probes"] == r["probes"]
 
 
 def drive(search: LayerSearch, score, steps: int, until_done: bool = True) -> list[str]:
