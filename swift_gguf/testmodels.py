@@ -49,6 +49,7 @@ class Dims:
     n_ff_shexp: int = 48
     n_ctx_train: int = 1024
     n_swa: int = 16          # small enough that short test prompts cross it
+    n_embd_per_layer: int = 8  # Gemma 4's per-layer embeddings
 
     @property
     def q(self) -> int:
@@ -68,6 +69,8 @@ class Arch:
     kv: Callable[[Dims], dict]                  # "<arch>." keys (without the prefix)
     layer: Callable[[Dims, int, int], Shapes]   # (dims, layer, n_layer) -> that layer's tensors
     tied_output: bool = False                   # output = token_embd (no output.weight)
+    kv_n: Callable[[Dims, int], dict] | None = None              # (dims, n_layer) -> more "<arch>." keys
+    extra: Callable[[Dims, int, int], Shapes] | None = None      # (dims, n_layer, n_vocab) -> global tensors
 
 
 def _attn(d: Dims, *, bias_o: bool = False) -> Shapes:
@@ -181,6 +184,16 @@ ARCHS: dict[str, Arch] = {
     # DeepSeek-V2/V3 with multi-head latent attention (MLA, the K-only latent cache of current
     # GGUFs), one leading dense block, then MoE blocks with a shared expert
     "deepseek2": Arch(kv=lambda d: _deepseek2_kv(d), layer=lambda d, il, n: _deepseek2_layer(d, il)),
+    # Gemma 4 (E2B/E4B-like, plus MoE blocks): sliding-window and full layers with their own head sizes
+    # (full: twice as wide, proportional RoPE through rope_freqs), q/k norms and a parameter-free V
+    # RMS norm, post-norms, per-layer embeddings (PLE, a residual branch after the FFN), a per-layer
+    # output scale, the last 2 layers reading the KV cache of earlier ones (KV sharing), and on odd
+    # layers a MoE block (shared MLP + routed experts). An inserted block's attention and FFN add
+    # exactly 0, but its PLE branch and output scale are random: not an identity of the residual
+    # stream, yet bypassing its sub-layers must leave the logits bit-identical (both stay computed).
+    "gemma4": Arch(kv=lambda d: _gemma4_kv(d), kv_n=lambda d, n: _gemma4_kv_n(n),
+                   layer=lambda d, il, n: _gemma4_layer(d, il, n), extra=lambda d, n, v: _gemma4_extra(d, n, v),
+                   tied_output=True),
 }
 
 # DeepSeek-2 MLA sizes: latent ranks, and q/k heads of a no-RoPE part plus a RoPE part
@@ -210,6 +223,62 @@ def _deepseek2_layer(d: Dims, il: int) -> Shapes:
     f = d.n_ff_exp
     return t | _moe(d) | {"ffn_gate_shexp.weight": (d.n_embd, f), "ffn_up_shexp.weight": (d.n_embd, f),
                           "ffn_down_shexp.weight": (f, d.n_embd)}
+
+
+def gemma4_layout(n_layer: int) -> tuple[list[bool], int]:
+    """Gemma 4 tiny model layout: (sliding-window flag per layer, number of shared-KV layers).
+    With 4+ layers the last 2 share the KV cache: layer n-2 (full attention) reads that of layer
+    n-3 (full), layer n-1 (sliding window) that of layer n-4 (sliding window), as llama.cpp maps
+    them (n_layer_kv_from_start - 1 for full layers, - 2 for sliding-window ones). With the default
+    4+2 layers the inserted block 3 is the KV source of the real layer 4."""
+    if n_layer < 4:
+        return [il % 2 == 0 for il in range(n_layer)], 0
+    swa = [il % 4 != 3 for il in range(n_layer)]
+    swa[n_layer - 4:] = [True, False, False, True]
+    return swa, 2
+
+
+def _gemma4_kv(d: Dims) -> dict:
+    hd_full = 2 * d.head_dim
+    return _common_kv(d) | _moe_kv(d) | {
+        "attention.key_length": hd_full, "attention.value_length": hd_full, "rope.dimension_count": hd_full,
+        "attention.key_length_swa": d.head_dim, "attention.value_length_swa": d.head_dim,
+        "rope.dimension_count_swa": d.head_dim, "rope.freq_base_swa": 10000.0,
+        "attention.sliding_window": d.n_swa, "final_logit_softcapping": 30.0,
+        "embedding_length_per_layer_input": d.n_embd_per_layer}
+
+
+def _gemma4_kv_n(n_layer: int) -> dict:
+    swa, shared = gemma4_layout(n_layer)
+    return {"attention.sliding_window_pattern": swa, "attention.shared_kv_layers": shared}
+
+
+def _gemma4_layer(d: Dims, il: int, n: int) -> Shapes:
+    swa, shared = gemma4_layout(n)
+    hd = d.head_dim if swa[il] else 2 * d.head_dim
+    e, pl = d.n_embd, d.n_embd_per_layer
+    t = {"attn_norm.weight": (e,), "attn_q.weight": (e, d.n_head * hd), "attn_q_norm.weight": (hd,),
+         "attn_output.weight": (d.n_head * hd, e), "post_attention_norm.weight": (e,)}
+    if il < n - shared:   # a layer with its own KV cache; shared-KV layers have no K/V projections
+        t |= {"attn_k.weight": (e, d.n_head_kv * hd), "attn_v.weight": (e, d.n_head_kv * hd),
+              "attn_k_norm.weight": (hd,)}
+    t |= _ffn(d) | {"post_ffw_norm.weight": (e,)}
+    if il % 2 == 1:
+        f, x = d.n_ff_exp, d.n_expert
+        t |= {"ffn_gate_inp.weight": (e, x), "ffn_gate_inp.scale": (e,), "pre_ffw_norm_2.weight": (e,),
+              "post_ffw_norm_1.weight": (e,), "post_ffw_norm_2.weight": (e,),
+              "ffn_gate_exps.weight": (e, f, x), "ffn_up_exps.weight": (e, f, x), "ffn_down_exps.weight": (f, e, x)}
+    return t | {"inp_gate.weight": (e, pl), "proj.weight": (pl, e), "post_norm.weight": (e,),
+                "layer_output_scale.weight": (1,)}
+
+
+def _gemma4_extra(d: Dims, n: int, n_vocab: int) -> Shapes:
+    pl = d.n_embd_per_layer
+    t = {"per_layer_token_embd.weight": (pl * n, n_vocab), "per_layer_model_proj.weight": (d.n_embd, pl * n),
+         "per_layer_proj_norm.weight": (pl,)}
+    if not all(gemma4_layout(n)[0]):
+        t["rope_freqs.weight"] = (d.head_dim,)   # full layers: n_embd_head / 2 frequency factors
+    return t
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,8 +323,15 @@ def inserted_positions(n_real: int, n_inserted: int) -> list[int]:
 def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Random values of a plausible scale for the tensor's role (numpy order = reversed ne)."""
     np_shape = tuple(reversed(shape))
-    if name.endswith("norm.weight"):
+    if name.endswith(("norm.weight", "gate_inp.scale")):
         x = 1.0 + 0.1 * rng.standard_normal(np_shape)
+    elif name == "layer_output_scale.weight":
+        x = rng.uniform(0.5, 1.5, np_shape)
+    elif name == "rope_freqs.weight":
+        # Gemma 4's proportional RoPE as its converter writes it: a quarter of the pairs rotate,
+        # the others get a huge frequency divisor (no rotation)
+        x = np.full(np_shape, 1e30)
+        x[: max(1, shape[0] // 4)] = 1.0
     elif name.endswith(".bias") or "sinks" in name:
         x = 0.05 * rng.standard_normal(np_shape)
     elif name == "token_embd.weight":
@@ -285,7 +361,12 @@ def build(arch: str, out: Path, n_real: int = 4, n_inserted: int = 2, seed: int 
         w = GGUFWriter(tmp, arch=arch)
         w.add_name(f"swift-gguf test model, {n_real}+{n_inserted} layers")   # no arch: llama.cpp keys vocab quirks on names
         w.add_key_value(f"{arch}.block_count", n_layer, GGUFValueType.UINT32)
-        for key, value in spec.kv(dims).items():
+        keys = spec.kv(dims) | (spec.kv_n(dims, n_layer) if spec.kv_n else {})
+        for key, value in keys.items():
+            if isinstance(value, list):
+                sub = GGUFValueType.BOOL if all(isinstance(v, bool) for v in value) else GGUFValueType.UINT32
+                w.add_key_value(f"{arch}.{key}", value, GGUFValueType.ARRAY, sub_type=sub)
+                continue
             vtype = (GGUFValueType.BOOL if isinstance(value, bool) else GGUFValueType.UINT32 if isinstance(value, int)
                      else GGUFValueType.FLOAT32 if isinstance(value, float) else GGUFValueType.STRING)
             w.add_key_value(f"{arch}.{key}", value, vtype)
@@ -313,6 +394,8 @@ def build(arch: str, out: Path, n_real: int = 4, n_inserted: int = 2, seed: int 
                 if il in inserted and suffix.startswith(ZEROED_PREFIXES):
                     x[...] = 0.0
                 w.add_tensor(f"blk.{il}.{suffix}", x)
+        for name, shape in (spec.extra(dims, n_layer, n_vocab) if spec.extra else {}).items():
+            w.add_tensor(name, _values(rng, name, shape))
         w.add_tensor("output_norm.weight", _values(rng, "output_norm.weight", (dims.n_embd,)))
         if not spec.tied_output:
             head = _values(rng, "output.weight", (dims.n_embd, n_vocab))

@@ -154,6 +154,51 @@ def test_empty_mask_is_the_plain_graph_after_alternations(arch, tiny):
         llm.close()
 
 
+def test_gemma4_bypassed_kv_source_still_writes_its_kv(tiny):
+    """Gemma 4 E2B/E4B share KV: the last layers read the KV cache of earlier ones. A KV-source
+    layer whose attention is bypassed still stores its K/V, so its readers see the drafted tokens.
+    Inserted block 3 is the full-attention KV source of the real layer 4: bypassing it must be exact
+    in fresh contexts, for a whole prompt and for one token at a time. (A missing store would leave
+    the zeros of a fresh cache there, so layer 4's attention would add 0, as if bypassed, which the
+    last assertion shows changes the logits; stale cells from an earlier decode of the same tokens
+    would hide it, hence the fresh contexts.)"""
+    path, inserted, n = tiny("gemma4")
+    swa, shared = testmodels.gemma4_layout(n)
+    src, reader = n - shared - 1, n - shared
+    assert shared and src in inserted and reader not in inserted and not swa[src] and not swa[reader]
+    skip_src = bytearray(n)
+    skip_src[src] = ATTN | FFN
+    results = {}
+    for mask in (b"", bytes(skip_src)):
+        llm = load(path)
+        try:
+            tokens = llm.tokenize(PROMPT.encode())
+            whole = logits_for(llm, mask, tokens)
+        finally:
+            llm.close()
+        llm = load(path)
+        try:   # the prompt plainly, then 4 tokens one at a time with the mask (as drafts are made)
+            llm.rt.decode(tokens[:-4], 0)
+            steps = []
+            for i in range(len(tokens) - 4, len(tokens)):
+                with llm.rt.skipping(mask):
+                    llm.rt.decode(tokens[i:i + 1], i)
+                steps.append(llm.rt.logits(-1).copy())
+        finally:
+            llm.close()
+        results[mask] = whole, np.stack(steps)
+    assert np.array_equal(results[b""][0], results[bytes(skip_src)][0])
+    assert np.array_equal(results[b""][1], results[bytes(skip_src)][1])
+    # a shared-KV layer bypasses its attention freely (it writes no KV), and that changes the logits
+    llm = load(path)
+    try:
+        skip_reader = bytearray(n)
+        skip_reader[reader] = ATTN
+        assert np.abs(logits_for(llm, bytes(skip_reader)) - results[b""][0]).max() > 1e-3
+    finally:
+        llm.close()
+
+
 def test_the_builder_command_line(tmp_path, capsys):
     from gguf import GGUFReader
     out = tmp_path / "m.gguf"
