@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -168,12 +169,16 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
 
     As SwiftEngine.calibrate, but at chosen context lengths: the KV cache is cleared first (a
     unified cache shares its cells between sequences), the context is written into sequence 1,
-    and every timed batch is removed again; the best of `reps` timed calls counts, after one
-    untimed call that may build the graph.
+    and every timed batch is removed again. The sizes are interleaved, each round in the other
+    order, over 2 * reps rounds after one untimed round that may build the graphs, and the
+    median of each size counts: measuring one size after the other, best of 3, gave tables whose
+    v(n) went up and down by 10-30% between neighbouring sizes (this VM's slow phases hit some
+    sizes and not others), and a replay that decides on such a table exploits its accidents.
     """
     rt = llm.rt
     vocab = [t for t in llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8, add_bos=False)]
     out = {}
+    order = sorted({1, *sizes})
     for ctx in contexts:
         llm.reset()
         need = ctx + max(sizes) + 1
@@ -181,18 +186,17 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
             continue
         filler = (vocab * (ctx // len(vocab) + 1))[:ctx]
         rt.decode(filler, 0, seq=1)
-        times = {}
-        for n in sorted({1, *sizes}):
-            best = float("inf")
-            # every v(n) is divided by t(1): it gets more tries (it is the cheapest call)
-            for i in range((3 * reps if n == 1 else reps) + 1):
-                secs = rt.verify(filler[:n] if n <= ctx else (filler * 2)[:n], ctx, seq=1)
+        batch = filler[:max(order)] if max(order) <= ctx else (filler * 2)[:max(order)]
+        samples: dict[int, list[float]] = {n: [] for n in order}
+        for i in range(2 * reps + 1):
+            for n in (order if i % 2 else order[::-1]):
+                secs = rt.verify(batch[:n], ctx, seq=1)
                 rt.remove(1, ctx, -1)
                 if i:
-                    best = min(best, secs)
-            times[n] = best
+                    samples[n].append(secs)
         rt.remove(1, -1, -1)
-        out[str(ctx)] = {"t1": times[1], "v": {str(n): times[n] / times[1] for n in sorted(times) if n > 1}}
+        times = {n: statistics.median(v) for n, v in samples.items()}
+        out[str(ctx)] = {"t1": times[1], "v": {str(n): times[n] / times[1] for n in order if n > 1}}
     llm.reset()
     return out
 

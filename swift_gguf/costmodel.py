@@ -251,6 +251,19 @@ def predict(skip: SkipSet, alpha: float, costs: Costs, d_max: int) -> tuple[int,
 CALIBRATION_SIZES = (2, 3, 5, 9, 17)
 
 
+def set_calibration(costs: Costs, seconds: dict[int, float], n_ctx: int) -> None:
+    """The calibration's t_plain and v(n) from the timings of n-token calls at context n_ctx (seconds[1]: plain)."""
+    t1 = seconds[1]
+    costs.t_plain, costs.n_ctx = t1, n_ctx
+    # a batch of n never costs more than n one-token decodes, nor less than a smaller batch:
+    # a measurement outside that was disturbed (another process took the CPU)
+    v, prev = {}, 1.0
+    for n in sorted(seconds)[1:]:
+        prev = v[n] = min(max(seconds[n] / t1, prev), float(n))
+    costs.v = v
+    costs._tables.clear()
+
+
 def calibrate(rt, last: int, n_past: int, costs: Costs, *, sub_layers: bool = True, reps: int = 3) -> Costs:
     """Measure t_plain, v(n) and per-sub-layer costs at context n_past (once per model).
 
@@ -279,15 +292,8 @@ def calibrate(rt, last: int, n_past: int, costs: Costs, *, sub_layers: bool = Tr
             rt.remove(1, -1, -1)
         return best
 
-    t = timed(sizes)
-    t1 = t[1]
-    costs.t_plain, costs.n_ctx = t1, n_past
-    # a batch of n never costs more than n one-token decodes, nor less than a smaller batch:
-    # a measurement outside that was disturbed (another process took the CPU)
-    v, prev = {}, 1.0
-    for n in sizes[1:]:
-        prev = v[n] = min(max(t[n] / t1, prev), float(n))
-    costs.v = v
+    set_calibration(costs, timed(sizes), n_past)
+    t1 = costs.t_plain
     inner = max(rt.n_layer - 2, 1)
     if rt.n_layer > 2 and sub_layers:
         attn = SkipSet.from_lists(rt.n_layer, attention=range(1, rt.n_layer - 1)).mask()

@@ -1,0 +1,70 @@
+"""benchmarks/policy_sim.py: the lookup policy replayed on recorded outputs, with and without the
+live cost estimator; and the calibration's clamping (costmodel.set_calibration). No model."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import policy_sim  # noqa: E402
+from swift_gguf.costmodel import Costs, set_calibration  # noqa: E402
+
+# verification costs as specbench.py records them: plain-step seconds and v(n) per context
+COSTS = {"64": {"t1": 0.010, "v": {"2": 1.4, "3": 1.6, "5": 2.0, "9": 3.2, "17": 6.0}},
+         "512": {"t1": 0.016, "v": {"2": 1.6, "3": 2.1, "5": 3.0, "9": 5.0, "17": 9.5}}}
+
+
+def copy_run(n_questions: int = 6) -> dict:
+    """A run whose answers repeat their prompts' text: lookups are right, so drafting pays."""
+    raw, questions = {}, []
+    for q in range(n_questions):
+        text = [1000 + 7 * q + (i * 13) % 97 for i in range(60)]
+        prompt = [1] + text + [2]
+        raw[str(q)] = [[{"prompt": prompt, "tokens": text[:48]}]]
+        questions.append({"question_id": q, "column": "copying"})
+    return {"raw": {"baseline": raw}, "questions": questions, "verify_costs": COSTS, "table": {}}
+
+
+def novel_run() -> dict:
+    """Answers that never repeat anything: nothing to look up, every step plain."""
+    run = copy_run(1)
+    run["raw"]["baseline"]["0"] = [[{"prompt": [1, 2, 3, 4], "tokens": list(range(5000, 5048))}]]
+    return run
+
+
+def test_replay_speeds_up_copied_text_and_nothing_else():
+    assert policy_sim.replay(copy_run())["overall"] > 1.5
+    plain = policy_sim.replay(novel_run())
+    assert plain["cycles"] == 0 and plain["overall"] == pytest.approx(1.0)
+
+
+def test_live_replay_decides_on_the_estimator_and_noise_costs_speed():
+    table = policy_sim.replay(copy_run())["overall"]
+    exact = policy_sim.replay(copy_run(), live=0.0)
+    noisy = [policy_sim.replay(copy_run(), live=0.3, seed=s)["overall"] for s in range(3)]
+    assert exact["overall"] > 1.5 and exact["cycles"] > 0
+    # the same seed draws the same timings: a replay is reproducible
+    assert policy_sim.replay(copy_run(), live=0.3, seed=1)["overall"] == noisy[1]
+    # the live estimator knows less than the measured table it is fed from
+    assert max(noisy) <= table + 1e-9
+
+
+def test_live_timer_feeds_a_calibration_and_charges_measured_costs():
+    costs = Costs()
+    timer = policy_sim.LiveTimer(policy_sim.CostTable(COSTS), costs, sigma=0.0)
+    timer.calibrate(64)
+    assert costs.known and costs.t_plain == pytest.approx(0.010) and costs.n_ctx == 64
+    assert costs.v[9] == pytest.approx(3.2)
+    assert timer.seconds(1, 512) == pytest.approx(0.016)
+    assert timer.seconds(5, 512) == pytest.approx(0.016 * 3.0)
+
+
+def test_set_calibration_clamps_disturbed_timings():
+    costs = Costs()
+    # v(2) measured below one step, v(3) above three steps, v(5) below v(3): all disturbed
+    set_calibration(costs, {1: 0.010, 2: 0.008, 3: 0.040, 5: 0.020, 9: 0.050}, 100)
+    assert costs.t_plain == 0.010 and costs.n_ctx == 100
+    assert costs.v == {2: 1.0, 3: 3.0, 5: 3.0, 9: 5.0}
