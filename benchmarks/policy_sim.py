@@ -140,8 +140,8 @@ def replay(run: dict, arm: str = "baseline", margin: float | None = None, live: 
            costs_from: dict | None = None, seed: int = 0) -> dict:
     """The policy replayed on a run's recorded outputs (see the module docstring)."""
     measured = costs_from or run["verify_costs"]
-    costs = RunCosts(measured)
-    timer = None
+    timer = LiveTimer(CostTable(measured), Costs(), live, seed) if live is not None else None
+    costs = timer.costs if timer else RunCosts(measured)
     by_cat: dict[str, list[float]] = {}
     plain_total = sim_total = 0.0
     cycles = accepted = 0
@@ -150,9 +150,6 @@ def replay(run: dict, arm: str = "baseline", margin: float | None = None, live: 
     cfg = SpecConfig(mode="auto", spec_type="ngram")
     if margin is not None:
         cfg.margin = margin
-    if live is not None:
-        timer = LiveTimer(CostTable(measured), Costs(), live, seed)
-        costs = timer.costs
     drafter = LookupDrafter(costs)
     ctl = Controller(cfg, costs, {LOOKUP: drafter})
     for qid, reps in run["raw"][arm].items():
