@@ -301,5 +301,4 @@ def calibrate(rt, last: int, n_past: int, costs: Costs, *, sub_layers: bool = Tr
         c_attn, c_ffn = timed([1], attn)[1] / t1, timed([1], ffn)[1] / t1
         costs.attn = max(1.0 - c_attn, 0.0) / inner
         costs.ffn = max(1.0 - c_ffn, 0.0) / inner
-    costs._tables.clear()
     return costs
