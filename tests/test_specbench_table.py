@@ -1,0 +1,58 @@
+"""benchmarks/specbench.py's table: speedups against the baseline, the oracle on the baseline's
+footing when swift-gguf's plain decoding (`off`) is faster than the baseline, and speculation's own
+gain (auto / off). Synthetic run, no model."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import specbench  # noqa: E402
+
+COSTS = {"64": {"t1": 0.010, "v": {"2": 1.4, "3": 1.6, "5": 2.0, "9": 3.2, "17": 6.0}}}
+
+
+def run(off_speed: float, auto_speed: float) -> dict:
+    """One question per category whose answer repeats its prompt (the oracle drafts it); each arm
+    generates the same 48 tokens, in gen_s = 48 / (its tokens per second)."""
+    questions, raw = [], {"baseline": {}, "off": {}, "auto": {}}
+    for q, cat in enumerate(specbench.CATEGORIES):
+        text = [1000 + 7 * q + (i * 13) % 97 for i in range(60)]
+        prompt = [1] + text + [2]
+        questions.append({"question_id": q, "column": cat})
+        for arm, speed in (("baseline", 100.0), ("off", 100.0 * off_speed), ("auto", 100.0 * auto_speed)):
+            turn = {"prompt": prompt, "tokens": text[:48], "answer": text[:48], "gen_tokens": 48,
+                    "gen_s": 48 / speed, "prompt_s": 0.1}
+            raw[arm][str(q)] = [[turn]]
+    arms = {"baseline": {"label": "baseline", "kind": "lcp"}, "off": {"label": "swift-gguf off", "kind": "swift"},
+            "auto": {"label": "swift-gguf auto", "kind": "swift"}}
+    return {"raw": raw, "questions": questions, "verify_costs": COSTS, "arms": arms}
+
+
+def test_oracle_stands_on_the_baselines_footing():
+    same, faster = run(1.0, 1.2), run(1.5, 1.8)
+    t_same, t_fast = specbench.summarize(same), specbench.summarize(faster)
+    gain = t_same["oracle"]["speedup_overall"]
+    assert gain > 1.5   # the answers copy the prompt: the oracle drafts nearly everything
+    # the oracle's own gain does not depend on the arms' speeds; its row is that gain times off's
+    assert t_fast["oracle"]["speedup_overall_over_plain"] == pytest.approx(gain)
+    assert t_fast["oracle"]["speedup_overall"] == pytest.approx(1.5 * gain, rel=1e-3)
+    for c in specbench.CATEGORIES:
+        assert t_fast["oracle"]["speedup"][c] == pytest.approx(1.5 * t_same["oracle"]["speedup"][c], rel=1e-3)
+    # so an arm's efficiency is its gain over off against the oracle's gain over plain decoding
+    assert t_fast["rows"]["auto"]["efficiency_overall"] == pytest.approx(1.2 / gain, rel=1e-3)
+    assert t_same["rows"]["auto"]["efficiency_overall"] == pytest.approx(1.2 / gain, rel=1e-3)
+
+
+def test_table_shows_speculations_own_gain():
+    r = run(1.5, 1.8)
+    r["table"] = specbench.summarize(r)
+    lines = specbench.markdown_table(r).splitlines()
+    (row,) = [ln for ln in lines if ln.startswith("| auto / off")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:7] == ["1.20×"] * 6 and cells[8] == "1.20×"
+    (off,) = [ln for ln in lines if ln.startswith("| swift-gguf off")]
+    assert "1.50×" in off
