@@ -563,18 +563,18 @@ def markdown_table(result: dict) -> str:
     o, rows = t["oracle"], t["rows"]
     lines.append("| oracle prompt lookup (bound, baseline's outputs, this run's v(n)) | "
                  + " | ".join(_x(o["speedup"].get(c)) for c in CATEGORIES) + f" | - | {_x(o['speedup_overall'])} | - |")
-    for arm, r in rows.items():
-        if result["arms"][arm]["kind"] == "swift" and arm != "off" and "off" in rows:
-            off = rows["off"]
+    speculating = {arm: r for arm, r in rows.items() if result["arms"][arm]["kind"] == "swift" and arm != "off"}
+    if "off" in rows:
+        off = rows["off"]
+        for arm, r in speculating.items():
             lines.append(f"| {arm} / off (speculation's own gain; oracle's: "
                          f"{_x(o.get('speedup_overall_over_plain'))}) | "
                          + " | ".join(_x(_ratio(r["speedup"][c], off["speedup"][c])) for c in CATEGORIES)
                          + f" | - | {_x(_ratio(r['speedup_overall'], off['speedup_overall']))} | - |")
-    for arm, r in rows.items():
-        if result["arms"][arm]["kind"] == "swift" and arm != "off":
-            lines.append(f"| efficiency of {arm} (speedup / oracle) | "
-                         + " | ".join(_f(r["efficiency"][c]) for c in CATEGORIES)
-                         + f" | - | {_f(r['efficiency_overall'])} | - |")
+    for arm, r in speculating.items():
+        lines.append(f"| efficiency of {arm} (speedup / oracle) | "
+                     + " | ".join(_f(r["efficiency"][c]) for c in CATEGORIES)
+                     + f" | - | {_f(r['efficiency_overall'])} | - |")
     return "\n".join(lines)
 
 
