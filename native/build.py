@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -267,11 +268,99 @@ def end_progress() -> None:
         print(file=sys.stderr)
 
 
+# -- CPU variants: the installed library with its CPU backend built for a lower instruction-set level ----------
+
+#: x86 levels below the native build that tests run the patched kernels at (llama.cpp's GGML_* options), with
+#: the CPU flags a machine needs to execute them. The kernels compiled differ per level (ggml chooses code
+#: paths with #if __AVX2__, __AVX512F__, __AVX512VNNI__, __AVX512FP16__ ...), so one host's native build
+#: alone cannot show that the patches are bit-exact on another machine's.
+CPU_VARIANTS = {
+    "avx2": (["-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON"],
+             ("avx2", "fma", "f16c", "bmi2")),
+    "avx512": (["-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON",
+                "-DGGML_AVX512=ON"],
+               ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")),
+}
+
+
+def runnable_cpu_variants(flags: str | None = None) -> list[str]:
+    """The CPU_VARIANTS this machine can execute."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    have = set((cpu_features() if flags is None else flags).split())
+    return [name for name, (_, need) in CPU_VARIANTS.items() if set(need) <= have]
+
+
+def installed_lib_dir() -> Path:
+    """llama_cpp/lib of the installed (patched) llama-cpp-python, found without loading it."""
+    import importlib.util
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError("llama-cpp-python is not installed here.\nFix: python native/build.py first.")
+    lib = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    if not (lib / "libllama.so").exists() and not (lib / "libllama.dylib").exists():
+        raise BuildError(f"{lib} holds no llama library.\nFix: python native/build.py --force")
+    return lib
+
+
+def build_cpu_variant(level: str) -> Path:
+    """A library folder for LLAMA_CPP_LIB_PATH: the installed one, with ggml's CPU backend (and ggml-base)
+    built from the same patched tree for `level` instead of -march=native. Cached by the installed
+    wheel's key and the level; the CPU backend alone builds in well under a minute."""
+    flags, _ = CPU_VARIANTS[level]
+    pin = read_pin()
+    if installed_key() != build_key(pin, cmake_args()):
+        raise BuildError("the installed llama-cpp-python is not this tree's patched build (patches or flags "
+                         "changed since).\nFix: python native/build.py, then build the variant.")
+    args = [*cmake_args(), "-DGGML_NATIVE=OFF", *flags]
+    key = build_key(pin, args)
+    dest = cache_dir() / "cpu-variants" / f"{key}-{level}"
+    if (dest / "lib" / "libggml-cpu.so").exists():
+        return dest / "lib"
+    sdist = fetch_sdist(pin, cache_dir() / "sdist")
+    with tempfile.TemporaryDirectory(prefix="swift-gguf-variant-") as tmp:
+        src = extract(sdist, Path(tmp))
+        apply_patches(src, pin)
+        build = Path(tmp) / "build"
+        configure = ["cmake", "-S", str(src / "vendor" / "llama.cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                     "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", *args]
+        step(f"building ggml's CPU backend for {level} (under a minute)")
+        for cmd in (configure, ["cmake", "--build", str(build), "--target", "ggml-cpu", "-j", str(os.cpu_count() or 2)]):
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise BuildError(f"{' '.join(cmd[:3])} failed for the {level} variant:\n{res.stdout[-2000:]}"
+                                 f"{res.stderr[-2000:]}\nFix: check the compiler (it must know -m{level}).")
+        staging = Path(tmp) / "lib"
+        shutil.copytree(installed_lib_dir(), staging, symlinks=False)
+        for lib in ("libggml-cpu", "libggml-base"):
+            for f in staging.glob(f"{lib}.*"):
+                f.unlink()
+            for f in (build / "bin").glob(f"{lib}.*"):
+                shutil.copy2(f, staging / f.name, follow_symlinks=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        if (dest / "lib").exists():
+            shutil.rmtree(dest / "lib")
+        shutil.move(str(staging), dest / "lib")
+    return dest / "lib"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--force", action="store_true", help="rebuild even if a cached wheel matches")
     ap.add_argument("--print-key", action="store_true", help="print the cache key and exit")
+    ap.add_argument("--cpu-variant", choices=sorted(CPU_VARIANTS), default=None,
+                    help="build the installed library's CPU backend for this instruction-set level and print the "
+                         "folder to use as LLAMA_CPP_LIB_PATH (tests run the patched kernels at every level the "
+                         "machine can execute)")
     opts = ap.parse_args(argv)
+    if opts.cpu_variant:
+        try:
+            print(build_cpu_variant(opts.cpu_variant))
+        except BuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
 
     pin = read_pin()
     args = cmake_args()

@@ -82,3 +82,27 @@ def render(report: dict) -> str:
     lines.append(f"models ({len(report['models'])}): " + ", ".join(r.get("alias") or r["path"] for r in report["models"]))
     lines.append(f"profiles: {len(report['profiles'])}")
     return "\n".join(lines)
+
+
+def run_check(model: str, flash_attn: bool, threads: int | None, threads_batch: int | None,
+              n_gpu_layers: int = 0, echo=None) -> list[dict]:
+    """`doctor --check`: the bitwise self-test of swift_gguf.selfcheck with the user's settings and
+    their neighbours; each setting's line goes to echo as soon as it is known."""
+    from .models import resolve_model
+    from .selfcheck import check_setting, user_settings
+    path = resolve_model(model, progress=echo is not None)
+    settings = user_settings(flash_attn, threads, threads_batch)
+    if echo:
+        echo(f"losslessness check on {path.name} ({len(settings)} settings; yours first):")
+    results = []
+    for setting in settings:
+        result = check_setting(path, setting, n_gpu_layers=n_gpu_layers)
+        results.append(result.as_dict())
+        if echo:
+            echo("  " + result.summary())
+    if echo:
+        failed = [r for r in results if not r["passed"]]
+        echo("  => speculative output is identical to plain decoding with these settings" if not failed else
+             "  => speculative output may differ from plain decoding with the failing settings; "
+             "use --spec off there, and please report it with `swift-gguf doctor --check --json`")
+    return results

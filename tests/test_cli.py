@@ -141,6 +141,18 @@ def test_doctor_text():
     assert "layer skip architectures: llama, qwen2" in out
 
 
+def test_doctor_check_names_each_setting(model_path):
+    """`doctor --check` with the user's thread counts (-t 1 -tb 2: unequal, as llama-cpp-python's
+    default on 2 cores) and flash attention: each setting passes, the user's first."""
+    out = ok("doctor", "--check", "-m", str(model_path), "-t", "1", "-tb", "2", "-fa", "on").stdout
+    lines = [line.strip() for line in out.splitlines() if line.strip().startswith(("pass", "FAIL", "ERROR"))]
+    assert lines[0].startswith("pass") and "flash attention on, threads 1/2" in lines[0]
+    assert any("flash attention off, threads 1/2" in line for line in lines)
+    assert any("flash attention on, threads 1/1" in line for line in lines)
+    assert all(line.startswith("pass") for line in lines), lines
+    assert "identical to plain decoding with these settings" in out
+
+
 def test_models_text_and_json(model_path):
     out = ok("models").stdout
     assert "aliases:" in out and "smollm2-135m" in out and "cached:" in out
