@@ -15,7 +15,9 @@ The decision is a deterministic function of these numbers (`choose`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
 
 from .costmodel import MIN_LIVE, OUTLIER, V_MAX
 from .drafters import LAYER_SKIP, LOOKUP, Offer
@@ -61,8 +63,7 @@ def best_length(accept: Sequence[float], c_fixed: float, c_token: float, v: Sequ
     return best
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):   # (a tuple: made every token, where a frozen dataclass costs ~1 us)
     offer: Offer | None   # the offer with the highest predicted speedup (None: none could draft)
     d: int
     speedup: float        # its predicted speedup
@@ -70,13 +71,14 @@ class Choice:
 
 
 def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: float, *,
-           fixed: int | None = None) -> Choice:
+           fixed: int | None = None, lengths: Callable = best_length) -> Choice:
     """The offer and draft length with the highest predicted speedup, and whether it pays.
 
     d_cap bounds every draft (tokens left, room in the context, draft_max); `fixed` drafts
     exactly that many tokens (or fewer, where an offer has fewer). Ties go to the first offer.
+    `lengths` computes best_length (the controller passes its memo of it).
     """
-    best = Choice(None, 0, 0.0)
+    best, best_d, best_s = None, 0, 0.0
     for o in offers:
         limit = min(o.limit, d_cap)
         if limit < 1:
@@ -89,10 +91,10 @@ def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: floa
                 e += reach
             s = e / (o.c_fixed + d * o.c_token + v[d + 1])
         else:
-            d, s = best_length(o.accept, o.c_fixed, o.c_token, v, limit)
-        if s > best.speedup:
-            best = Choice(o, d, s)
-    return Choice(best.offer, best.d, best.speedup, best.speedup > 1.0 + margin)
+            d, s = lengths(o.accept, o.c_fixed, o.c_token, v, limit)
+        if s > best_s:
+            best, best_d, best_s = o, d, s
+    return Choice(best, best_d, best_s, best_s > 1.0 + margin)
 
 
 class Backoff:
@@ -139,6 +141,11 @@ class Plan:
     reason: str = ""      # why a plain step (empty for a draft, or a plain step that is no choice)
 
 
+# plans that are the same every time (shared: plans are read, never changed)
+OFF_PLAN = Plan(None, reason="speculation off")
+NO_DECISION = Plan(None)
+
+
 class Controller:
     """Plans each cycle from the drafters' offers and the measured costs (mode, spec_type, backoff)."""
 
@@ -150,10 +157,22 @@ class Controller:
         self.generated = 0           # tokens generated over the engine's lifetime
         self.unavailable: dict[str, str] = {}   # drafter -> why it cannot run on this model
         self._reasons: dict[str, str] = {}      # drafter -> why it sits out
+        # per-token work while nothing pays (see _v, _lengths, _plain): on a fast backend a plan
+        # that recomputed everything cost 25-30 us a token (benchmarks/host_work.py: ~0.3 ms decodes;
+        # SmolLM2 on an H200 takes ~1.2 ms a token)
+        self._v_array = None                    # the v table _v_list and _memo belong to
+        self._v_list: list[float] = []
+        self._memo: dict[tuple, tuple] = {}     # best_length's results for that table
+        self._last_plain: Plan | None = None
+        self._last_idle: Plan | None = None
+        self._names_for: tuple = (None, [])     # (spec_type, mode) -> the drafters they use
 
     def _names(self) -> list[str]:
-        kind = resolve_spec_type(self.config.spec_type, self.config.mode)
-        return list(self.drafters) if kind == "auto" else [kind]
+        key = (self.config.spec_type, self.config.mode)
+        if self._names_for[0] != key:   # (asked every token; the settings rarely change)
+            kind = resolve_spec_type(*key)
+            self._names_for = (key, list(self.drafters) if kind == "auto" else [kind])
+        return self._names_for[1]
 
     def can_draft(self) -> bool:
         """Whether the mode and spec_type leave a drafter that works on this model."""
@@ -162,28 +181,77 @@ class Controller:
     def plan(self, stream, d_cap: int) -> Plan:
         cfg = self.config
         if cfg.mode == "off":
-            return Plan(None, reason="speculation off")
+            return OFF_PLAN
         if d_cap < 1:   # a last token, or the end of the context: plainly, no decision
-            return Plan(None)
-        offers, why = [], ""
+            return NO_DECISION
+        offers, idle = [], []   # idle: why each other drafter sits out (a reason, or the drafter to ask)
         for name in self._names():
             if name in self.unavailable:
-                why = why or self.unavailable[name]
+                idle.append(self.unavailable[name])
             elif cfg.mode == "auto" and not self.backoff.allows(name, self.generated):
-                why = why or self._reasons.get(name, "")
+                idle.append(self._reasons.get(name, ""))
             elif (o := self.drafters[name].offer(stream, stream.n_past)) is not None:
                 offers.append(o)
             else:
-                why = why or self.drafters[name].idle_reason()
+                idle.append(self.drafters[name])
         if not offers:
-            return Plan(None, reason=why)
+            return self._idle(idle)
         swift = cfg.mode == "swift"
         cap = min(d_cap, MAX_VERIFY - 1, cfg.draft_max or MAX_VERIFY)
-        c = choose(offers, self.costs.v_table(stream.n_past), cap, cfg.margin,
-                   fixed=cfg.draft_max if swift else None)
+        c = choose(offers, self._v(stream.n_past), cap, cfg.margin,
+                   fixed=cfg.draft_max if swift else None, lengths=self._lengths)
         if c.offer is not None and (swift or c.pays or self._explore(c, stream.n_past)):
             return Plan(c.offer, c.d, c.speedup)
-        return Plan(None, 0, c.speedup, f"predicted speedup {c.speedup:.2f}x does not pay; decoding plainly")
+        return self._plain(c.speedup)
+
+    def _v(self, n_ctx: int) -> list[float]:
+        """The v table as a list, converted once per table: best_length's arithmetic on Python floats
+        gives the same doubles as on numpy's float64 scalars, at a fraction of the cost per operation."""
+        v = self.costs.v_table(n_ctx)
+        if v is not self._v_array:   # a new table (tables are rebuilt, never changed in place)
+            # (float64 only: arithmetic on a float32 scalar would round to float32)
+            self._v_array, self._memo = v, {}
+            self._v_list = v.tolist() if getattr(v, "dtype", None) == np.float64 else v
+        return self._v_list
+
+    def _lengths(self, accept: Sequence[float], c_fixed: float, c_token: float, v: Sequence[float],
+                 limit: int) -> tuple[int, float]:
+        """best_length, remembered for the current v table: while nothing pays, the same offer (the
+        same acceptance list: drafters replace those lists, never change them) comes every token.
+        The entry keeps `accept` alive, so an id in a key is never another list's."""
+        if v is not self._v_list:   # another table than the memo's
+            return best_length(accept, c_fixed, c_token, v, limit)
+        key = (id(accept), c_fixed, c_token, limit)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is accept:
+            return hit[1]
+        result = best_length(accept, c_fixed, c_token, v, limit)
+        if len(self._memo) >= 256:   # lookup classes x acceptance updates: bounded
+            self._memo.clear()
+        self._memo[key] = (accept, result)
+        return result
+
+    def _idle(self, idle: list) -> Plan:
+        """A plain step because no drafter can draft, with the first reason given (asked only now:
+        while another drafter offers, nobody reads them); the last such plan again for the same reason."""
+        why = ""
+        for r in idle:
+            why = r if isinstance(r, str) else r.idle_reason()
+            if why:
+                break
+        last = self._last_idle
+        if last is None or last.reason != why:
+            last = self._last_idle = Plan(None, reason=why)
+        return last
+
+    def _plain(self, speedup: float) -> Plan:
+        """A plain step's plan; the last one again while the predicted speedup is the same (no new
+        string per token)."""
+        last = self._last_plain
+        if last is None or last.speedup != speedup:
+            last = self._last_plain = Plan(None, 0, speedup,
+                                           f"predicted speedup {speedup:.2f}x does not pay; decoding plainly")
+        return last
 
     def _explore(self, c: Choice, n_ctx: int) -> bool:
         """Draft where it nearly pays but verifying that many tokens was never timed at this context:

@@ -140,6 +140,7 @@ class NgramIndex:
         self.tokens: list[int] = []
         self.ends: dict[tuple[int, ...], list[int]] = {}
         self._source: list[int] | None = None
+        self._tail: tuple[int, list[list[int]]] | None = None   # (last position, its n-grams' end lists)
 
     def sync(self, tokens: list[int]) -> None:
         n = len(self.tokens)
@@ -158,11 +159,23 @@ class NgramIndex:
     def _append(self, tok: int) -> None:
         toks, j = self.tokens, len(self.tokens)
         toks.append(tok)
+        tail = []
         for n in range(1, min(self.n_max, j + 1) + 1):
-            self.ends.setdefault(tuple(toks[j - n + 1:]), []).append(j)
+            ends = self.ends.setdefault(tuple(toks[j - n + 1:]), [])
+            ends.append(j)
+            tail.append(ends)
+        self._tail = (j, tail)
 
     def _truncate(self, keep: int) -> None:
+        self._tail = None   # its lists may leave the index
         toks = self.tokens
+        if keep < len(toks) - keep:   # (a new request) indexing the kept tokens afresh is less work
+            kept = toks[:keep]
+            del toks[:]
+            self.ends.clear()
+            for t in kept:
+                self._append(t)
+            return
         for j in range(len(toks) - 1, keep - 1, -1):
             for n in range(1, min(self.n_max, j + 1) + 1):
                 key = tuple(toks[j - n + 1:j + 1])
@@ -179,8 +192,12 @@ class NgramIndex:
         continue with the same token. None without any."""
         toks = self.tokens
         e = len(toks) - 1
+        # the end's n-grams were just indexed by _append: their lists, without building the keys again
+        tail = self._tail[1] if self._tail is not None and self._tail[0] == e else None
+        if tail is not None and len(tail[0]) < 2:   # its last token occurs nowhere earlier (the common case)
+            return None
         for n in range(min(self.n_max, e), 0, -1):
-            ends = self.ends.get(tuple(toks[e - n + 1:]))
+            ends = tail[n - 1] if tail is not None else self.ends.get(tuple(toks[e - n + 1:]))
             if ends is None or len(ends) < 2:   # its last end is e itself
                 continue
             best = None
@@ -221,7 +238,8 @@ class LookupDrafter:
     def offer(self, stream, n_ctx: int) -> Offer | None:
         start = time.perf_counter()
         tokens = stream.tokens
-        self._resolve_shadow(tokens)
+        if self._shadow is not None:   # (an earlier offer waits for its verdict: rarely, per token)
+            self._resolve_shadow(tokens)
         self.index.sync(tokens)
         found = self.index.match()
         if found is None:
@@ -283,6 +301,7 @@ class LayerSkipDrafter:
         self._low_conf = (0.0, 0.0)   # decayed (accepted, seen) drafts below epsilon
         self._set = None              # the skip set the live numbers belong to
         self._scratch = np.empty(rt.n_vocab, np.float32)   # top1's work buffer
+        self._offer: Offer | None = None   # the last offer, made again while its numbers are the same
 
     @property
     def skip(self):
@@ -307,7 +326,13 @@ class LayerSkipDrafter:
         if skip is None or (not skip and self.config.mode != "swift"):
             return None
         n = max(LAYER_SKIP_MAX, self.config.draft_max or 0)
-        return Offer(self, n, [self.alpha()] * n, c_token=self.cost())
+        alpha, cost = self.alpha(), self.cost()
+        o = self._offer
+        # the same offer object (and acceptance list) while nothing changed: the controller
+        # remembers its draft length for it instead of recomputing it every token
+        if o is None or o.limit != n or o.accept[0] != alpha or o.c_token != cost:
+            o = self._offer = Offer(self, n, [alpha] * n, c_token=cost)
+        return o
 
     def idle_reason(self) -> str:
         return "no skip set found yet" if self.skip is None else "the skip set is empty: drafts cost a full step"

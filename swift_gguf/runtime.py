@@ -44,6 +44,7 @@ class Runtime:
         self.mem = C.llama_get_memory(ctx_ptr)
         self._batch = C.llama_batch_init(n_batch, 0, 1)
         self._row_types: dict[int, type] = {}
+        self._views: dict[tuple[int, int], np.ndarray] = {}   # (address, rows) -> view of the logits there
         self.decode_calls = 0
         self._rpc_errors = native.rpc_error_count()   # RPC connection failures so far (patch 0005)
 
@@ -119,13 +120,22 @@ class Runtime:
 
     def _view(self, addr: int | None, n: int) -> np.ndarray:
         # np.ctypeslib.as_array builds a ctypes array type per call (~50 us, once per drafted
-        # token: a large share of a GPU step); the types are cached here per row count
+        # token: a large share of a GPU step); the types are cached here per row count, and the
+        # views per address: llama.cpp's output buffer stays put from decode to decode, so a plain
+        # step reads the same row again (a view is only an address and a shape: one that llama.cpp
+        # hands out again is as valid as a new one would be)
         if not addr:
             raise DecodeError("llama.cpp returned no logits for this row")
+        view = self._views.get((addr, n))
+        if view is not None:
+            return view
         t = self._row_types.get(n)
         if t is None:
             t = self._row_types[n] = ctypes.c_float * (n * self.n_vocab)
-        return np.frombuffer(t.from_address(addr), dtype=np.float32).reshape(n, self.n_vocab)
+        if len(self._views) >= 256:   # (a reallocated buffer brings new addresses)
+            self._views.clear()
+        view = self._views[(addr, n)] = np.frombuffer(t.from_address(addr), dtype=np.float32).reshape(n, self.n_vocab)
+        return view
 
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))

@@ -3,7 +3,9 @@
 Each model has the tensor names, shapes and metadata the pinned llama.cpp expects for its
 architecture (src/models/<arch>.cpp, load_arch_hparams / load_arch_tensors), a few layers,
 64-wide embeddings, a ~380-token SentencePiece vocabulary made up here (byte fallback, so
-any text tokenizes) and, for MoE architectures, 4 experts of which 2 are used.
+any text tokenizes; `n_vocab` pads it to a real model's size, e.g. 49152 as SmolLM2's, where
+logits handling should cost what it costs on a real model) and, for MoE architectures, 4
+experts of which 2 are used.
 
 Besides the N "real" random blocks, K inserted blocks are identities of the residual
 stream: their attention output and FFN down projections (biases included; for MoE every
@@ -13,6 +15,7 @@ leave the logits bit-identical. Their indices are stored in the file under
 `swift_gguf.testmodel.inserted_layers`.
 
 CLI:  python -m swift_gguf.testmodels --arch ARCH --out PATH [--layers N] [--inserted K] [--seed S]
+      [--vocab V]
 """
 from __future__ import annotations
 
@@ -118,6 +121,8 @@ def _moe_kv(d: Dims) -> dict:
 
 
 ARCHS: dict[str, Arch] = {
+    # Llama (SmolLM2, Llama 3): pre-norm attention and SwiGLU FFN, biasless
+    "llama": Arch(kv=_common_kv, layer=lambda d, il, n: _attn(d) | _ffn(d)),
     # Gemma 2: post-norms after attention and FFN, alternating sliding-window / full layers,
     # soft-capped attention and final logits, output tied to the embeddings
     "gemma2": Arch(
@@ -285,9 +290,10 @@ def _gemma4_extra(d: Dims, n: int, n_vocab: int) -> Shapes:
 # vocabulary
 # ---------------------------------------------------------------------------------------
 
-def _vocab() -> tuple[list[str], list[float], list[int]]:
+def _vocab(size: int | None = None) -> tuple[list[str], list[float], list[int]]:
     """A SentencePiece ("llama") vocabulary: 3 control tokens, 256 byte tokens, printable
-    ASCII pieces, and word-start pieces ("▁a") so ordinary text tokenizes into short ids."""
+    ASCII pieces, and word-start pieces ("▁a") so ordinary text tokenizes into short ids;
+    padded to `size` tokens with pieces "▁w0", "▁w1", ... where given."""
     tokens = list(SPECIAL_TOKENS)
     types = [2, 3, 3]          # UNKNOWN, CONTROL, CONTROL
     scores = [0.0, 0.0, 0.0]
@@ -300,6 +306,12 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
         tokens.append(p)
         types.append(1)        # NORMAL
         scores.append(-float(len(p)))
+    if size is not None and size < len(tokens):
+        raise ValueError(f"a vocabulary needs at least {len(tokens)} tokens, got {size}")
+    for i in range((size or 0) - len(tokens)):
+        tokens.append(f"\u2581w{i}")
+        types.append(1)
+        scores.append(-float(len(tokens[-1])))
     return tokens, scores, types
 
 
@@ -342,16 +354,16 @@ def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.n
 
 
 def build(arch: str, out: Path, n_real: int = 4, n_inserted: int = 2, seed: int = 0,
-          dims: Dims = Dims()) -> dict:
+          dims: Dims = Dims(), n_vocab: int | None = None) -> dict:
     """Write a tiny model of `arch` to `out` (atomically); returns its description
-    (n_layer, inserted_layers, ...)."""
+    (n_layer, inserted_layers, ...). n_vocab: the vocabulary's size (default: the ~380 made-up tokens)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))}")
     spec = ARCHS[arch]
     n_layer = n_real + n_inserted
     inserted = inserted_positions(n_real, n_inserted)
     rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocab()
+    tokens, scores, types = _vocab(n_vocab)
     n_vocab = len(tokens)
 
     out = Path(out)
@@ -420,9 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=4, help="random (real) blocks (default 4)")
     ap.add_argument("--inserted", type=int, default=2, help="identity blocks inserted among them (default 2)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="vocabulary size, e.g. 49152 (default: the ~380 made-up tokens)")
     args = ap.parse_args(argv)
     try:
-        meta = build(args.arch, args.out, args.layers, args.inserted, args.seed)
+        meta = build(args.arch, args.out, args.layers, args.inserted, args.seed, n_vocab=args.vocab)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

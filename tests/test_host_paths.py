@@ -1,0 +1,143 @@
+"""The per-token host paths made cheaper for fast backends (issue 25) decide exactly as before.
+
+Each shortcut is checked against a plain computation of the same thing: v tables against the
+per-n formula, the controller's remembered draft lengths and reused plans against `choose` on
+the table itself, the n-gram index's match against a brute-force search. No model needed.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from swift_gguf import costmodel as cm
+from swift_gguf.controller import Controller, choose
+from swift_gguf.costmodel import MIN_LIVE, V_MAX, Costs, bucket
+from swift_gguf.drafters import CANDIDATES, MATCH_CAP, NGRAM_MAX, NgramIndex, Offer
+from swift_gguf.engine import SpecConfig, Stream
+
+
+def reference_table(c: Costs, n_ctx: int) -> np.ndarray:
+    """v(n) for one n at a time, as docs/cost-model.md describes it."""
+    b, t1 = bucket(n_ctx), c.plain_seconds(n_ctx)
+    ns = np.arange(V_MAX + 1, dtype=np.float64)
+    if c.known and t1 > 0:
+        shape = (np.array([c.verify(int(n)) for n in ns]) * c.t_plain + ns * (t1 - c.t_plain)) / t1
+    else:
+        shape = ns.copy()
+    live = {n: e.mean / t1 for n, e in c.live.verify.get(b, {}).items() if e.n >= MIN_LIVE and t1 > 0 and n <= V_MAX}
+    table = shape.copy()
+    if live:
+        pts = np.array(sorted(live))
+        for n in range(2, V_MAX + 1):
+            near = int(pts[np.argmin(np.abs(pts - n))])
+            table[n] = live[n] if n in live else shape[n] * live[near] / max(shape[near], 1e-9)
+    table = np.minimum(np.maximum(table, 1.0), np.maximum(ns, 1.0))
+    table[0] = 0.0
+    return np.maximum.accumulate(table)
+
+
+def random_costs(rng: random.Random) -> tuple[Costs, int]:
+    c = Costs()
+    if rng.random() < 0.8:
+        secs = {1: rng.uniform(1e-4, 1e-2)}
+        secs.update({n: secs[1] * rng.uniform(0.5, 1.3 * n) for n in cm.CALIBRATION_SIZES if rng.random() < 0.9})
+        if len(secs) >= 3:
+            cm.set_calibration(c, secs, rng.randrange(2000))
+    n_ctx = rng.randrange(3000)
+    for _ in range(rng.randrange(40)):
+        at = n_ctx if rng.random() < 0.8 else rng.randrange(3000)
+        if rng.random() < 0.4:
+            c.observe_plain(at, rng.uniform(1e-4, 2e-2))
+        else:
+            c.observe_verify(at, rng.choice([2, 3, 5, 9, 17, 32, 64, 70]), rng.uniform(1e-4, 5e-2))
+    return c, n_ctx
+
+
+def test_v_tables_are_bitwise_the_per_n_formula():
+    rng = random.Random(0)
+    for _ in range(500):
+        c, n_ctx = random_costs(rng)
+        assert c.v_table(n_ctx).tobytes() == reference_table(c, n_ctx).tobytes()
+
+
+class Drafter:
+    """Offers whatever the test sets, as the same object while it is unchanged (as LayerSkipDrafter does)."""
+
+    def __init__(self, name):
+        self.name, self.next = name, None
+
+    def offer(self, stream, n_ctx):
+        return self.next
+
+    def idle_reason(self):
+        return f"{self.name} idle"
+
+
+def test_plans_are_choose_on_the_table_itself():
+    """Remembered draft lengths (per offer and table), the table as a list, reused plain plans: every
+    plan equals `choose` on the v table with fresh arithmetic, over changing offers and costs."""
+    rng = random.Random(1)
+    costs = Costs(t_plain=0.01, v={2: 1.5, 3: 1.8, 5: 2.4, 9: 3.6, 17: 6.9}, n_ctx=100)
+    a, b = Drafter("ngram"), Drafter("layer-skip")
+    cfg = SpecConfig(mode="auto")
+    ctl = Controller(cfg, costs, {"ngram": a, "layer-skip": b})
+    lists = [[rng.uniform(0.0, 1.0)] * 40 for _ in range(4)] + [[0.9] * 40]
+    offers = [Offer(d, rng.randrange(1, 32), rng.choice(lists), c_fixed=rng.choice([0.0, 0.05]),
+                    c_token=rng.choice([0.0, 0.3, 0.6])) for d in (a, b) for _ in range(6)]
+    stream = Stream(list(range(101)), 100)
+    for step in range(3000):
+        a.next = rng.choice([None, *[o for o in offers if o.drafter is a]])
+        b.next = rng.choice([None, *[o for o in offers if o.drafter is b]])
+        if rng.random() < 0.15:
+            costs.observe_plain(stream.n_past, rng.uniform(0.005, 0.02))
+        elif rng.random() < 0.15:
+            costs.observe_verify(stream.n_past, rng.randrange(2, 33), rng.uniform(0.005, 0.2))
+        d_cap = rng.choice([0, 1, 3, 31, 40])
+        want_offers = [o for o in (a.next, b.next) if o is not None]
+        plan = ctl.plan(stream, d_cap)
+        if d_cap < 1:
+            assert plan.offer is None and plan.reason == ""
+            continue
+        if not want_offers:
+            assert plan.offer is None and plan.reason == "ngram idle"
+            continue
+        c = choose(want_offers, costs.v_table(stream.n_past), min(d_cap, 31), cfg.margin)
+        assert (plan.offer, plan.d, plan.speedup) == ((c.offer, c.d, c.speedup) if plan.offer is not None
+                                                      else (None, 0, c.speedup))
+        if plan.offer is None:
+            assert plan.reason == f"predicted speedup {c.speedup:.2f}x does not pay; decoding plainly"
+
+
+def brute_match(toks: list[int]):
+    """NgramIndex.match by searching the whole list."""
+    e = len(toks) - 1
+    for n in range(min(NGRAM_MAX, e), 0, -1):
+        occ = [q for q in range(n - 1, e) if toks[q - n + 1:q + 1] == toks[e - n + 1:]]
+        if not occ:
+            continue
+        best, nexts = None, set()
+        for q in reversed(occ[-CANDIDATES:]):
+            nexts.add(toks[q + 1])
+            m = n
+            while m < MATCH_CAP and q - m >= 0 and toks[q - m] == toks[e - m]:
+                m += 1
+            if best is None or m > best[0]:
+                best = (m, q)
+        return best[0], best[1], len(nexts) == 1
+    return None
+
+
+def test_index_match_equals_a_brute_force_search():
+    rng = random.Random(2)
+    for _ in range(300):
+        idx, vocab = NgramIndex(), rng.choice([2, 4, 30, 5000])
+        tokens = [rng.randrange(vocab) for _ in range(rng.randrange(1, 20))]
+        for step in range(40):
+            if rng.random() < 0.15:   # the next request: a common prefix, then other tokens
+                keep = rng.randrange(len(tokens) + 1)
+                tokens = tokens[:keep] + [rng.randrange(vocab) for _ in range(rng.randrange(1, 30))]
+            else:
+                tokens.append(rng.randrange(vocab))
+            idx.sync(tokens)
+            assert idx.match() == brute_match(tokens)
