@@ -350,6 +350,7 @@ class SwiftLlama(llama_cpp.Llama):
         if own_sampler:
             sampler = self.make_sampler(params or SamplingParams())
         try:
+            engine.prepare(tokens[0], self.n_tokens, stats)
             stream = self._eval_prompt(tokens, sampler, stats)
             run = engine.run(stream, sampler, limit, stats)
             try:

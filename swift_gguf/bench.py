@@ -84,6 +84,7 @@ def run_bench(llm, prompts: list[dict], *, max_tokens: int = 128, pairs: int = 3
     done = 0
     start = time.perf_counter()
     try:
+        warm_up = _warm_up(llm, peer_llm, mode, use_template)
         for p in prompts:
             runs = {"plain": [], "swift": [], "peer": []}
             for i in range(pairs):
@@ -113,7 +114,8 @@ def run_bench(llm, prompts: list[dict], *, max_tokens: int = 128, pairs: int = 3
             peer_llm.close()
         if progress:
             print(file=sys.stderr)
-    result = {"config": _config(llm, max_tokens, pairs, mode), "rows": rows, "summary": _summary(rows),
+    result = {"config": {**_config(llm, max_tokens, pairs, mode), "warm_up": warm_up},
+              "rows": rows, "summary": _summary(rows),
               "by_category": _by_category(rows), "skip": llm.engine.skip.to_json() if llm.engine.skip else None,
               "search": {"probes": llm.engine.search.state.probes, "seconds": round(llm.engine.search.state.seconds, 3),
                          "matchness": round(llm.engine.search.state.best_matchness, 4)},
@@ -125,11 +127,23 @@ def run_bench(llm, prompts: list[dict], *, max_tokens: int = 128, pairs: int = 3
     return result
 
 
+def _warm_up(llm, peer_llm, mode: str, use_template: bool) -> dict:
+    """One short untimed generation per arm before the measured ones (as benchmarks/specbench.py
+    does): graphs built, caches warm and swift's cost calibration measured (once per model: with a
+    profile it is loaded instead). Returns what the calibration took, so that the report shows it."""
+    tokens = _tokens(llm, render_prompt(llm, "Say hello.", use_template))
+    _run_swift(llm, tokens, "off", 8)
+    swift = _run_swift(llm, tokens, mode, 8)
+    if peer_llm is not None:
+        _run_peer(peer_llm, tokens, 8, llm.rt.is_eog)
+    return {"calibration_seconds": round(swift["stats"]["t_calibrate"], 4)}
+
+
 def _tokens(llm, rendered) -> list[int]:
     return list(rendered) if not isinstance(rendered, str) else llm.tokenize(rendered.encode(), add_bos=True, special=True)
 
 
-ADDITIVE_STATS = ("tokens", "cycles", "drafted", "accepted", "plain_steps", "t_prompt", "t_draft", "t_verify",
+ADDITIVE_STATS = ("tokens", "cycles", "drafted", "accepted", "plain_steps", "t_prompt", "t_calibrate", "t_draft", "t_verify",
                   "t_plain", "t_search", "t_total")
 
 

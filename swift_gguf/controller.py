@@ -9,7 +9,9 @@ decode steps). For a draft of d tokens the predicted speedup over plain decoding
 with v(n) the verification cost at this context length (costmodel.Costs.v_table). `auto`
 takes the offer and length with the highest S, or a plain step (S = 1) unless the best S
 exceeds 1 + margin; `swift` always takes the best offer. A drafter whose cycles measured a
-loss (tokens per plain-step cost below 1) is set aside for a while, doubling each time.
+loss (tokens per plain-step cost below 1) is set aside for a while, doubling each time, and
+each request carries a loss budget (`LossBudget`): once speculation (cycles and search probes)
+has cost an answer more than a few percent of its plain time, `auto` decodes it plainly.
 The decision is a deterministic function of these numbers (`choose`).
 """
 from __future__ import annotations
@@ -133,6 +135,46 @@ class Backoff:
         return live
 
 
+# A request may lose at most this to speculation (auto): LOSS_STEPS plain steps plus LOSS_SHARE of the
+# plain steps its tokens would have taken. Every prediction can be wrong on a given text (a lookup that
+# matched where the model goes elsewhere, costs measured at another context, a machine that got busy):
+# this bounds what a wrong prediction costs one answer. 3% plus one step keeps a 21-token answer above
+# 0.92x of plain decoding, a 96-token one above 0.96x; the first step is what one exploratory cycle of
+# a short draft costs where it is rejected (v(2) - 1 to v(4) - 1 on this project's CPUs).
+LOSS_SHARE = 0.03
+LOSS_STEPS = 1.0
+
+
+class LossBudget:
+    """One request's balance of speculation, in plain decode steps: each cycle adds the tokens it
+    emitted and subtracts what it cost; layer-search probes subtract their cost. While the balance
+    is below -(LOSS_STEPS + LOSS_SHARE x tokens emitted), auto decodes plainly: the allowance grows
+    with every token, so speculation resumes after a loss only once the request is long enough to
+    carry it."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        """A new request."""
+        self.balance = 0.0    # tokens emitted by cycles minus their cost and the probes', in plain steps
+        self.tokens = 0       # tokens emitted in this request (plain steps included)
+
+    def allowance(self) -> float:
+        """What the request may still lose (negative: it lost more than allowed)."""
+        return LOSS_STEPS + LOSS_SHARE * self.tokens + self.balance
+
+    def allows(self, cost: float = 0.0) -> bool:
+        """Whether speculation may go on, or spend `cost` more plain steps on a probe."""
+        return self.allowance() >= cost
+
+    def cycle(self, emitted: int, cost: float) -> None:
+        self.balance += emitted - cost
+
+    def charge(self, cost: float) -> None:
+        self.balance -= cost
+
+
 @dataclass
 class Plan:
     offer: Offer | None
@@ -154,6 +196,7 @@ class Controller:
         self.costs = costs
         self.drafters = drafters     # name -> drafter, in the order ties are broken
         self.backoff = Backoff()
+        self.budget = LossBudget()   # this request's (the engine starts one per request)
         self.generated = 0           # tokens generated over the engine's lifetime
         self.unavailable: dict[str, str] = {}   # drafter -> why it cannot run on this model
         self._reasons: dict[str, str] = {}      # drafter -> why it sits out
@@ -184,6 +227,8 @@ class Controller:
             return OFF_PLAN
         if d_cap < 1:   # a last token, or the end of the context: plainly, no decision
             return NO_DECISION
+        if cfg.mode == "auto" and not self.budget.allows():
+            return self._over_budget()
         offers, idle = [], []   # idle: why each other drafter sits out (a reason, or the drafter to ask)
         for name in self._names():
             if name in self.unavailable:
@@ -244,6 +289,15 @@ class Controller:
             last = self._last_idle = Plan(None, reason=why)
         return last
 
+    def _over_budget(self) -> Plan:
+        """A plain step because speculation lost this request more than its allowance (LossBudget)."""
+        why = (f"speculation lost this answer more than {LOSS_SHARE:.0%} of its plain time; "
+               "decoding plainly until the answer is long enough to carry it")
+        last = self._last_idle
+        if last is None or last.reason != why:
+            last = self._last_idle = Plan(None, reason=why)
+        return last
+
     def _plain(self, speedup: float) -> Plan:
         """A plain step's plan; the last one again while the predicted speedup is the same (no new
         string per token)."""
@@ -269,6 +323,7 @@ class Controller:
         # a disturbed cycle (a graph built, the CPU taken) counts at most OUTLIER x its expected cost
         expected = self.costs.v_table(n_ctx)[min(drafted + 1, V_MAX)]
         cost = min(seconds / t1, OUTLIER * expected)
+        self.budget.cycle(emitted, cost)
         live = self.backoff.observe(drafter, emitted, cost, self.generated)
         if live is not None:
             self._reasons[drafter] = f"{drafter} drafts measured at {live:.2f}x plain; decoding without them for a while"

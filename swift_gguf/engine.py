@@ -83,6 +83,7 @@ class GenStats:
     t_verify: float = 0.0
     t_plain: float = 0.0
     t_search: float = 0.0
+    t_calibrate: float = 0.0   # the cost calibration, once per model (before this request's prompt)
     t_total: float = 0.0
     search_probes: int = 0
     mode: str = "auto"
@@ -197,6 +198,17 @@ class SwiftEngine:
         return costmodel.calibrate(self.rt, stream.last, stream.n_past, self.costs,
                                    sub_layers=self.supported)
 
+    def prepare(self, token: int, n_past: int, stats: GenStats) -> None:
+        """Before a request's prompt: calibrate the costs if this request may speculate and they are
+        unknown (once per model; a profile brings them). Here rather than mid-answer, where it
+        stalled the stream after its first token; its time counts in the request's total."""
+        if self.config.mode == "off" or self.costs.known or not self.controller.can_draft():
+            return
+        start = time.perf_counter()
+        costmodel.calibrate(self.rt, token, n_past, self.costs, sub_layers=self.supported)
+        stats.t_calibrate = time.perf_counter() - start
+        stats.t_total += stats.t_calibrate
+
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, stream: Stream, sampler: TokenSampler, max_tokens: int, stats: GenStats) -> Iterator[Token]:
@@ -206,14 +218,18 @@ class SwiftEngine:
         stats.spec_type = resolve_spec_type(cfg.spec_type, cfg.mode) if cfg.mode != "off" else ""
         start = time.perf_counter()
         used = set()
+        budget = self.controller.budget
+        budget.start()
         try:
             emitted = 1
             stats.tokens += 1
+            budget.tokens += 1
             yield Token(stream.last, False)
             if self.rt.is_eog(stream.last):
                 stats.stop_reason = "eos"
                 return
-            # after the first yield: the consumer reads that token's logits row before any decode
+            # (calibration runs in prepare(), before the prompt; this is the fallback for a caller that
+            # switched speculation on after it: after the first yield, whose logits row the consumer reads)
             if self.controller.can_draft() and not self.costs.known and emitted < max_tokens:
                 self.calibrate(stream)
             while emitted < max_tokens:
@@ -236,13 +252,14 @@ class SwiftEngine:
                 for tok in new:
                     stats.tokens += 1
                     emitted += 1
+                    budget.tokens += 1
                     self.controller.generated += 1
                     yield tok
                     if self.rt.is_eog(tok.id):
                         stats.stop_reason = "eos"
                         return
                 if self._search_allowed():
-                    stats.t_search += self.pacer.step(self.rt, stream)
+                    stats.t_search += self.pacer.step(self.rt, stream, budget)
             stats.stop_reason = stats.stop_reason or "max tokens"
         finally:
             stats.t_total += time.perf_counter() - start

@@ -48,8 +48,13 @@ class SearchPacer:
             return float(np.clip(FRONT_LOAD * gain, cfg.search_budget / 2, cfg.search_budget_max))
         return cfg.search_budget if st.best_predicted > 1.0 else cfg.search_budget / 2
 
-    def step(self, rt, stream) -> float:
-        """Run one probe if the allowance has room; returns the seconds it took."""
+    def step(self, rt, stream, budget=None) -> float:
+        """Run one probe if the allowance has room; returns the seconds it took.
+
+        With a request's loss budget (controller.LossBudget, auto), a probe must also fit what the
+        request may still lose, and is charged to it, unless the search is front-loading (a large
+        gain may be found: the probe is an investment that pays across requests): on a model where
+        nothing pays, a 50-token probe costs tens of plain steps, and must not sink a short answer."""
         if not self.search.active:
             return 0.0
         st = self.search.state
@@ -57,6 +62,15 @@ class SearchPacer:
             self._share = (self.share(), st.probes)
         if st.seconds > self._share[0] * self.gen_time:
             return 0.0
+        charged = budget is not None and self._share[0] <= self.config.search_budget
+        if charged:
+            v = self.costs.v_table(stream.n_past)
+            if not budget.allows(float(v[min(self.search.next_window() + 1, len(v) - 1)])):
+                return 0.0
         before = st.seconds
         self.search.step(rt, stream.tokens, stream.n_past)
-        return st.seconds - before
+        secs = st.seconds - before
+        t1 = self.costs.plain_seconds(stream.n_past)
+        if charged and t1 > 0:
+            budget.charge(secs / t1)
+        return secs

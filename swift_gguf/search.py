@@ -190,6 +190,12 @@ class LayerSearch:
             return 0, 0.0
         return len(known), sum(k < FREE_KL for k in known.values()) / len(known)
 
+    def next_window(self) -> int:
+        """Tokens the next probe teacher-forces: the importance scan's short window, then W."""
+        if any(math.isnan(x) for x in self.state.importance):
+            return self.cfg.importance_window
+        return self.cfg.window
+
     def needs(self) -> int:
         """Tokens of history (window + 1) the next probe needs."""
         return max(self.cfg.window, self.cfg.importance_window) + 1

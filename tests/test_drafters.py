@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swift_gguf.controller import Backoff, Controller, best_length, choose, resolve_spec_type
+from swift_gguf.controller import (LOSS_SHARE, LOSS_STEPS, Backoff, Controller, LossBudget, best_length, choose,
+                                   resolve_spec_type)
 from swift_gguf.costmodel import Costs, bucket
 from swift_gguf.drafters import Acceptance, LookupDrafter, NgramIndex, Offer, offer_class
 from swift_gguf.engine import SpecConfig, Stream
@@ -237,6 +238,7 @@ def test_controller_explores_sizes_whose_verification_was_never_timed():
 def test_auto_backoff_sets_a_losing_drafter_aside_and_doubles():
     stream = Stream(list(range(101)), 100)
     ctl, costs = controller(ngram=ScriptedDrafter("ngram", 0.9))
+    ctl.budget.tokens = 10**6   # a long answer: its loss budget (tested below) does not stop it first
 
     def lose() -> int:
         """Cycles that emit 1 token in 2 plain steps' time (a measured loss) until it sits out."""
@@ -257,6 +259,44 @@ def test_auto_backoff_sets_a_losing_drafter_aside_and_doubles():
     assert ctl.plan(stream, 32).offer is None                 # the second loss: 128 tokens
     ctl.generated += 1
     assert ctl.plan(stream, 32).offer is not None
+
+
+def test_auto_stops_speculating_in_an_answer_once_it_lost_its_allowance():
+    """LossBudget: cycles that cost more plain steps than they emit stop `auto` for the rest of the
+    answer once the loss passes LOSS_STEPS + LOSS_SHARE x its tokens; the allowance grows with the
+    answer, a new answer starts afresh, and `swift` ignores it."""
+    stream = Stream(list(range(101)), 100)
+    ctl, costs = controller(ngram=ScriptedDrafter("ngram", 0.9))
+    ctl.budget.start()
+    ctl.budget.tokens = 10
+    assert ctl.plan(stream, 32).offer is not None
+    ctl.observe("ngram", 1, 1, 0.02, 100)                     # 1 token for 2 plain steps: -1
+    assert ctl.budget.balance == pytest.approx(-1.0)
+    assert ctl.plan(stream, 32).offer is not None             # allowance 1 + 0.3 - 1 > 0
+    ctl.observe("ngram", 1, 1, 0.02, 100)
+    plan = ctl.plan(stream, 32)
+    assert plan.offer is None and "lost this answer" in plan.reason
+    ctl.budget.tokens += int((2.0 - LOSS_STEPS) / LOSS_SHARE) + 1   # a long enough answer carries it
+    assert ctl.plan(stream, 32).offer is not None
+    ctl.observe("ngram", 1, 1, 0.02, 100)
+    assert ctl.plan(stream, 32).offer is None
+    ctl.budget.start()                                        # the next answer
+    assert ctl.plan(stream, 32).offer is not None
+    ctl.budget.charge(2.0)                                    # a layer-search probe of 2 plain steps
+    assert not ctl.budget.allows() and ctl.plan(stream, 32).offer is None
+    ctl.config.mode, ctl.config.spec_type = "swift", "ngram"
+    assert ctl.plan(stream, 32).offer is not None
+
+
+def test_loss_budget_bounds_the_allowance():
+    b = LossBudget()
+    assert b.allows(LOSS_STEPS) and not b.allows(LOSS_STEPS + 0.01)
+    b.tokens = 100
+    assert b.allowance() == pytest.approx(LOSS_STEPS + 100 * LOSS_SHARE)
+    b.cycle(5, 2.0)                                           # a paying cycle adds to what may be lost
+    assert b.allowance() == pytest.approx(LOSS_STEPS + 100 * LOSS_SHARE + 3.0)
+    b.start()
+    assert b.balance == 0.0 and b.tokens == 0
 
 
 def test_backoff_forgets_after_a_gain():
