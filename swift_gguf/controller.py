@@ -23,13 +23,13 @@ import numpy as np
 
 from .costmodel import MIN_LIVE, OUTLIER, V_MAX
 from .drafters import LAYER_SKIP, LOOKUP, Offer
+from .limits import MAX_VERIFY   # verification batches stay within patch 0003's bit-exact bound
 
 SPEC_TYPES = ("auto", LAYER_SKIP, LOOKUP)
 SPEC_TYPE_ALIASES = {"lookup": LOOKUP, "prompt-lookup": LOOKUP, "swift": LAYER_SKIP}
-# verification batches stay within patch 0003's bit-exact bound (and 0002's graph cache): 32 tokens
-MAX_VERIFY = 32
-TINY = 1e-3
-EXPLORE_MIN = 0.8        # predicted speedup above which an untimed verification size is tried              # stop lengthening a draft once it reaches its end with less than this chance
+TINY = 1e-3              # stop lengthening a draft once its end is reached with less than this chance
+EXPLORE_MIN = 0.8        # predicted speedup above which an untimed verification size is tried
+MEMO_MAX = 256           # remembered draft lengths per v table (lookup classes x acceptance updates)
 BACKOFF_TOKENS = 64      # generated tokens a losing drafter sits out at first
 BACKOFF_MAX = 4096       # ... doubling up to this
 BACKOFF_EVIDENCE = 8     # decayed cycles of a drafter before a measured loss is believed
@@ -271,7 +271,7 @@ class Controller:
         if hit is not None and hit[0] is accept:
             return hit[1]
         result = best_length(accept, c_fixed, c_token, v, limit)
-        if len(self._memo) >= 256:   # lookup classes x acceptance updates: bounded
+        if len(self._memo) >= MEMO_MAX:
             self._memo.clear()
         self._memo[key] = (accept, result)
         return result

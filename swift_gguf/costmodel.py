@@ -33,6 +33,14 @@ MIN_LIVE = 2        # live observations before a live number replaces the calibr
 OUTLIER = 3.0       # a live sample counts at most this multiple of the running average
 V_REFRESH = 16      # live observations in a bucket between recomputations of its v table
 V_MAX = 64          # verification sizes the tables cover (v[n] for n <= V_MAX)
+# The one draft maximum every prediction assumes unless draft_max says otherwise (the layer-skip
+# drafter's longest offer, the search's ranking, pacing, predicted_speedup): at the acceptance a
+# good skip set reaches (~0.9) a 17th drafted token adds 0.9^17 = 0.17 expected tokens for one more
+# draft step and verification row (0.3-0.6 plain steps on this project's CPUs), which raises the
+# predicted speedup only where it is below 0.3-0.6, where nothing pays anyway
+DRAFT_MAX = 16
+MIN_DRAFT_COST = 0.02   # floor of a predicted draft step's cost: a skip set never makes drafting free
+                        # (embeddings, first and last layer, output matrix; a share model could say 0)
 
 
 # n = 0..V_MAX, and max(n, 1), for the v tables (read only)
@@ -107,8 +115,8 @@ class Costs:
     # -- calibration-based predictions (the search compares skip sets with these) ----------
 
     def c(self, skip: SkipSet) -> float:
-        """Predicted cost of one draft step with skip set (at least 2% of a step)."""
-        return max(1.0 - len(skip.attention) * self.attn - len(skip.ffn) * self.ffn, 0.02)
+        """Predicted cost of one draft step with skip set (at least MIN_DRAFT_COST of a step)."""
+        return max(1.0 - len(skip.attention) * self.attn - len(skip.ffn) * self.ffn, MIN_DRAFT_COST)
 
     def verify(self, n: int) -> float:
         """The calibration's v(n), interpolated linearly between measured points (v(1) = 1)."""

@@ -22,7 +22,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .costmodel import Costs
+from .costmodel import DRAFT_MAX, Costs
+from .limits import MAX_VERIFY
 from .sampling import top1
 
 LAYER_SKIP = "layer-skip"
@@ -32,7 +33,7 @@ LOOKUP = "ngram"
 NGRAM_MAX = 4         # longest n-gram the index keys (the match is then extended backwards)
 MATCH_CAP = 32        # longest backward match measured (longer matches share one class)
 CANDIDATES = 4        # latest earlier occurrences compared for the longest backward match
-LOOKUP_MAX = 31       # most tokens a lookup draft takes from its continuation (verification <= 32)
+LOOKUP_MAX = MAX_VERIFY - 1   # most tokens a lookup draft takes from its continuation (+1: the verified batch)
 # acceptance classes by matched length: 1, 2, 3, 4-7, 8-15, 16+ (each split by agreement)
 MATCH_CLASSES = (1, 2, 3, 4, 8, 16)
 # prior conditional acceptance per class, (disagreeing, agreeing) occurrences, before live evidence
@@ -45,7 +46,9 @@ PRIOR_WEIGHT = 2.0
 DECAY = 0.98          # evidence of a class and position ages by this per observation of it
 
 # -- layer skipping -------------------------------------------------------------------------
-LAYER_SKIP_MAX = 16   # longest layer-skip draft the controller considers
+LAYER_SKIP_MAX = DRAFT_MAX   # longest layer-skip draft offered (without a larger draft_max)
+FIXED_SET_ALPHA = 0.9  # acceptance assumed for a user's fixed skip set until it was measured live (it
+                       # has no matchness; the fixtures' identity blocks, the usual fixed sets, reach ~1)
 LIVE_ALPHA_MIN = 16   # decayed drafted tokens before live acceptance replaces the search's matchness
 LOW_CONF_MIN = 16     # low-confidence drafts seen before epsilon may be dropped
 LOW_CONF_KEEP = 0.9   # ... when more than this share of them were accepted
@@ -312,7 +315,7 @@ class LayerSkipDrafter:
         acc, dr = self._live
         if dr >= LIVE_ALPHA_MIN:
             return acc / dr
-        return self.search.state.best_matchness if self.config.skip is None else 0.9
+        return self.search.state.best_matchness if self.config.skip is None else FIXED_SET_ALPHA
 
     def cost(self) -> float:
         """Draft cost per token in plain steps: live for this skip set, else the calibration's model."""

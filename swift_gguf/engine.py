@@ -192,7 +192,7 @@ class SwiftEngine:
         """The layer-skip drafter's predicted speedup (calibration's costs, its acceptance)."""
         if self.skip is None or not self.costs.known:
             return 0.0
-        return costmodel.predict(self.skip, self.layer_skip.alpha(), self.costs, self.config.draft_max or 16)[1]
+        return costmodel.predict(self.skip, self.layer_skip.alpha(), self.costs, self.config.draft_max or costmodel.DRAFT_MAX)[1]
 
     def calibrate(self, stream: Stream) -> Costs:
         return costmodel.calibrate(self.rt, stream.last, stream.n_past, self.costs,

@@ -1,7 +1,9 @@
-"""Bounds of the numbers a user sets, in one place.
+"""Bounds of the numbers a user sets, and the verification limit, in one place.
 
-The CLI turns them into click's IntRange/FloatRange option types (`click_type`); the
+The CLI turns the bounds into click's IntRange/FloatRange option types (`click_type`); the
 engine's and the API's own checks read the same bounds, so the two cannot drift apart.
+No llama_cpp here: the policy modules (controller, drafters) read MAX_VERIFY without the
+native library, and swift_gguf.native re-exports it as INVARIANT_MAX_BATCH.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ class Bound:
 
 
 # -- speculation (SpecConfig) ------------------------------------------------------------
+# Most tokens in one verification batch (a draft of at most MAX_VERIFY - 1 tokens plus the pending
+# one): patch 0003 makes CPU batches of up to this many rows bit-identical to one-token decodes, and
+# patch 0002's graph cache keeps graphs up to the same size
+MAX_VERIFY = 32
 DRAFT_MAX = Bound(min=1)                        # tokens drafted per cycle
 DRAFT_P_MIN = Bound(0.0, 1.0, min_open=True)    # epsilon: the confidence that keeps a draft going
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import NativeLibraryError
+# Verification batches (draft length + 1) stay within this; the graph cache of 0002 uses the same bound
+# (one constant, kept in a module the policy layer imports without llama_cpp)
+from .limits import MAX_VERIFY as INVARIANT_MAX_BATCH
 
 # 1: layer skip (0001); 2: CPU batches of up to 32 tokens are bit-identical to one-token decoding (0003);
 # 3: that batch invariance is a per-context setting, off by default (set_batch_invariance);
 # 4: ... and it matches one-token decodes run with the context's n_threads whatever n_threads_batch is
 ABI_VERSION = 4
-# Verification batches (draft length + 1) stay within this; the graph cache of 0002 uses the same bound.
-INVARIANT_MAX_BATCH = 32
 BUILD_HINT = "python native/build.py   (or ./bootstrap.sh, which also sets up .venv)"
 
 try:

@@ -43,6 +43,24 @@ FREE_KL = 1e-3         # a (sub-)layer whose skipping moves the distribution les
 LAYER_TRIAL = 8        # whole-layer probes before deciding whether they pay
 LAYER_FREE_SHARE = 0.25  # keep probing whole layers while at least this share of them is free
 
+# size phase: skip shares tried, a coarse grid over what a model may tolerate (the reference fixes
+# 0.45-0.5 on 13B-70B models; small models tolerate far less, hence the fine low end) ...
+SIZE_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75)
+SIZE_JUMPS = 3         # ... plus the counts at the largest jumps of importance (the end of a free run)
+JUMP_FLOOR = 1e-9      # added to KLs before their log (free sub-layers have a KL of ~0)
+START_SHARE = 4        # without a best set yet, refine and Bayesian steps start from the n // 4 least important
+
+# refine: random moves around the best set (the reference draws random sets of one fixed size; here
+# the size moves too). Not tuned: mostly small steps, growing a little more often than shrinking
+MOVE_SIZES = (1, 1, 2, 3, 4)   # sub-layers one move changes, drawn uniformly (1 in 2 of 5 moves)
+GROW_BELOW, SHRINK_BELOW = 0.4, 0.7   # a uniform draw below 0.4 grows the set, below 0.7 shrinks it, else a swap
+
+# Bayesian step (the reference's GP with kappa = 2.5): the optimiser is refitted from the best and the
+# latest probes only, so fitting stays cheap however long the search runs
+BO_BEST, BO_RECENT = 20, 60
+BO_KAPPA = 2.5
+BO_POINTS = 500        # random points the acquisition function is maximised over
+
 
 @dataclass
 class SearchConfig:
@@ -279,7 +297,7 @@ class LayerSearch:
             k = self._size_grid.pop(0)
             return "size", self._prefix(k), W
         if st.round_probes % cfg.bo_every == cfg.bo_every - 1:
-            return "bayes", self._bayes_candidate(st.best or self._prefix(max(1, self.n // 4))), W
+            return "bayes", self._bayes_candidate(st.best or self._prefix(max(1, self.n // START_SHARE))), W
         return "refine", self._refine_candidate(), W
 
     def _next_layer(self) -> int | None:
@@ -305,23 +323,23 @@ class LayerSearch:
         """Skip counts to try: the sizes where importance jumps, plus a coarse ratio grid."""
         n = self.n
         imp = np.sort(np.asarray(self.state.importance))
-        sizes = {max(1, round(n * r)) for r in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75)}
+        sizes = {max(1, round(n * r)) for r in SIZE_RATIOS}
         # where importance jumps (e.g. the end of a run of free sub-layers)
-        gaps = np.diff(np.log10(imp + 1e-9))
-        for j in np.argsort(-gaps)[:3]:
+        gaps = np.diff(np.log10(imp + JUMP_FLOOR))
+        for j in np.argsort(-gaps)[:SIZE_JUMPS]:
             sizes.add(int(j) + 1)
         return sorted(s for s in sizes if 0 < s <= n)
 
     def _refine_candidate(self) -> SkipSet:
         st = self.state
-        best = st.best or self._prefix(max(1, self.n // 4))
+        best = st.best or self._prefix(max(1, self.n // START_SHARE))
         idx = set(best.indices())
         outside = [i for i in range(self.n) if i not in idx]
-        m = int(self.rng.choice([1, 1, 2, 3, 4]))
+        m = int(self.rng.choice(list(MOVE_SIZES)))
         move = self.rng.random()
-        if move < 0.4 and outside:    # grow
+        if move < GROW_BELOW and outside:    # grow
             idx.update(self.rng.choice(outside, size=min(m, len(outside)), replace=False).tolist())
-        elif move < 0.7 and len(idx) > 1:  # shrink
+        elif move < SHRINK_BELOW and len(idx) > 1:  # shrink
             idx.difference_update(self.rng.choice(sorted(idx), size=min(m, len(idx) - 1), replace=False).tolist())
         elif outside and idx:          # swap
             k = min(m, len(outside), len(idx))
@@ -334,12 +352,12 @@ class LayerSearch:
         from skopt import Optimizer
         from skopt.space import Real
         told = self._told
-        best = sorted(told, key=lambda xy: xy[1])[:20]
-        recent = told[-60:]
+        best = sorted(told, key=lambda xy: xy[1])[:BO_BEST]
+        recent = told[-BO_RECENT:]
         pts = {tuple(x): y for x, y in best + recent}
         opt = Optimizer([Real(0.0, 1.0) for _ in range(self.n)], base_estimator="GP",
-                        acq_func="LCB", acq_func_kwargs={"kappa": 2.5},
-                        acq_optimizer="sampling", acq_optimizer_kwargs={"n_points": 500},
+                        acq_func="LCB", acq_func_kwargs={"kappa": BO_KAPPA},
+                        acq_optimizer="sampling", acq_optimizer_kwargs={"n_points": BO_POINTS},
                         n_initial_points=1, random_state=int(self.rng.integers(1 << 31)))
         if pts:
             opt.tell([list(x) for x in pts], list(pts.values()))
