@@ -6,7 +6,8 @@ decode steps). For a draft of d tokens the predicted speedup over plain decoding
 
     S(d) = (1 + p_1 + p_1 p_2 + ... + p_1...p_d) / (c_fixed + d * c_token + v(d + 1))
 
-with v(n) the verification cost at this context length (costmodel.Costs.v_table). `auto`
+(costmodel's one speedup model: `speedup`, `best_length`) with v(n) the verification cost at
+this context length (costmodel.Costs.v_table). `auto`
 takes the offer and length with the highest S, or a plain step (S = 1) unless the best S
 exceeds 1 + margin; `swift` always takes the best offer. A drafter whose cycles measured a
 loss (tokens per plain-step cost below 1) is set aside for a while, doubling each time, and
@@ -21,13 +22,13 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from .costmodel import MIN_LIVE, OUTLIER, V_MAX
+from . import costmodel
+from .costmodel import MIN_LIVE, OUTLIER, V_MAX, best_length
 from .drafters import LAYER_SKIP, LOOKUP, Offer
 from .limits import MAX_VERIFY   # verification batches stay within patch 0003's bit-exact bound
 
 SPEC_TYPES = ("auto", LAYER_SKIP, LOOKUP)
 SPEC_TYPE_ALIASES = {"lookup": LOOKUP, "prompt-lookup": LOOKUP, "swift": LAYER_SKIP}
-TINY = 1e-3              # stop lengthening a draft once its end is reached with less than this chance
 EXPLORE_MIN = 0.8        # predicted speedup above which an untimed verification size is tried
 MEMO_MAX = 256           # remembered draft lengths per v table (lookup classes x acceptance updates)
 BACKOFF_TOKENS = 64      # generated tokens a losing drafter sits out at first
@@ -47,22 +48,6 @@ def resolve_spec_type(spec_type: str | None, mode: str) -> str:
         raise ValueError(f"unknown spec_type {spec_type!r}; use one of {', '.join(SPEC_TYPES)} "
                          f"(or {', '.join(SPEC_TYPE_ALIASES)})")
     return t
-
-
-def best_length(accept: Sequence[float], c_fixed: float, c_token: float, v: Sequence[float],
-                limit: int) -> tuple[int, float]:
-    """(d, S(d)) with the highest predicted speedup over d = 1..limit (v[n]: cost of verifying n)."""
-    expected, reach = 1.0, 1.0
-    best = (0, 0.0)
-    for d in range(1, limit + 1):
-        reach *= accept[d - 1]
-        expected += reach
-        s = expected / (c_fixed + d * c_token + v[d + 1])
-        if s > best[1]:
-            best = (d, s)
-        if reach < TINY:   # longer drafts only add cost
-            break
-    return best
 
 
 class Choice(NamedTuple):   # (a tuple: made every token, where a frozen dataclass costs ~1 us)
@@ -87,11 +72,7 @@ def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: floa
             continue
         if fixed is not None:
             d = min(fixed, limit)
-            e, reach = 1.0, 1.0
-            for p in o.accept[:d]:
-                reach *= p
-                e += reach
-            s = e / (o.c_fixed + d * o.c_token + v[d + 1])
+            s = costmodel.speedup(o.accept, o.c_fixed, o.c_token, d, v)
         else:
             d, s = lengths(o.accept, o.c_fixed, o.c_token, v, limit)
         if s > best_s:

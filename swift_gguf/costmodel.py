@@ -9,6 +9,12 @@ included) and costs c_fixed + d*c + v(d+1):
 
     S = E / (c_fixed + d*c + v(d+1))
 
+That formula is written once, here (`expected_tokens`, `cycle_cost`, `speedup`, `best_length`), for
+every prediction: the controller's choice of drafter and length (live v tables), the layer search's
+ranking of skip sets and the search pacing's estimate of a gain (`predict`: the calibration's v, a
+constant acceptance, no fixed cost), and the engine's `predicted_speedup`; draft lengths run up to
+DRAFT_MAX unless draft_max says otherwise.
+
 Each measured thing is kept apart (`Costs`):
   calibration  measured once per model on a scratch sequence, at one context length:
                t_plain, v(n) and the per-sub-layer cost shares (saved in the profile)
@@ -22,9 +28,11 @@ row of a verification batch reads all of K and V), so v is looked up per bucket.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
+from .limits import MAX_VERIFY
 from .skipset import SkipSet
 
 EMA = 0.2           # weight of a new measurement in running averages
@@ -107,6 +115,7 @@ class Costs:
     def __post_init__(self) -> None:
         self._tables: dict[int, tuple[int, np.ndarray]] = {}   # bucket -> (changes when built, v table)
         self._curve: tuple[tuple, np.ndarray] | None = None    # (calibration, its v(n) * t_plain for n = 0..V_MAX)
+        self._cal_v: tuple[tuple, list[float]] | None = None   # (calibration's v, its v(n) for n = 0..V_MAX)
 
     @property
     def known(self) -> bool:
@@ -121,6 +130,16 @@ class Costs:
     def verify(self, n: int) -> float:
         """The calibration's v(n), interpolated linearly between measured points (v(1) = 1)."""
         return _interpolate({1: 1.0, **self.v}, n)
+
+    def calibration_v(self) -> list[float]:
+        """The calibration's v(n) for n = 0..V_MAX (what the search ranks skip sets with): computed
+        once per calibration. The search compares sets probed at different contexts and times, and
+        the calibration is the one yardstick they share; the controller decides each cycle on the
+        live tables (`v_table`)."""
+        key = tuple(sorted(self.v.items()))
+        if self._cal_v is None or self._cal_v[0] != key:
+            self._cal_v = (key, [self.verify(n) for n in range(V_MAX + 1)])
+        return self._cal_v[1]
 
     # -- live measurements ----------------------------------------------------------------
 
@@ -221,7 +240,7 @@ class Costs:
         """The calibration's v(n) * t_plain for n = 0..V_MAX, computed once per calibration (not per table)."""
         key = (self.t_plain, tuple(sorted(self.v.items())))
         if self._curve is None or self._curve[0] != key:
-            self._curve = (key, np.array([self.verify(n) for n in range(V_MAX + 1)]) * self.t_plain)
+            self._curve = (key, np.array(self.calibration_v()) * self.t_plain)
         return self._curve[1]
 
     # -- saving ---------------------------------------------------------------------------
@@ -248,32 +267,58 @@ def _interpolate(points: dict[int, float], n: int) -> float:
     return v1 + (v1 - v0) / (n1 - n0) * (n - n1)
 
 
-def expected_tokens(alpha: float, d: int) -> float:
-    """Mean tokens emitted by a cycle of d drafts with per-token acceptance alpha (bonus included)."""
-    if alpha >= 1.0:
-        return d + 1.0
-    return (1.0 - alpha ** (d + 1)) / (1.0 - alpha)
+# -- the speedup model --------------------------------------------------------------------------
+
+def expected_tokens(accept: Sequence[float], d: int) -> float:
+    """E: mean tokens a cycle drafting d tokens emits, 1 + p_1 + p_1 p_2 + ... + p_1...p_d (accept[i]:
+    the conditional acceptance of draft position i + 1; the verifier's own token included)."""
+    e, reach = 1.0, 1.0
+    for p in accept[:d]:
+        reach *= p
+        e += reach
+    return e
 
 
-def speedup(alpha: float, c: float, d: int, costs: Costs) -> float:
-    return expected_tokens(alpha, d) / (d * c + costs.verify(d + 1))
+def cycle_cost(c_fixed: float, c_token: float, d: int, v: Sequence[float]) -> float:
+    """Plain steps one cycle drafting d tokens costs: c_fixed + d c_token + v(d + 1) (v[n]: verifying n)."""
+    return c_fixed + d * c_token + v[d + 1]
 
 
-def best_draft_length(alpha: float, c: float, costs: Costs, d_max: int) -> tuple[int, float]:
-    """(d, S) maximising the predicted speedup over draft lengths 1..d_max (calibration's v)."""
-    best = (1, speedup(alpha, c, 1, costs))
-    for d in range(2, d_max + 1):
-        s = speedup(alpha, c, d, costs)
+def speedup(accept: Sequence[float], c_fixed: float, c_token: float, d: int, v: Sequence[float]) -> float:
+    """S(d) = E / cycle cost: the predicted speedup of drafting d tokens over plain decoding."""
+    return expected_tokens(accept, d) / cycle_cost(c_fixed, c_token, d, v)
+
+
+TINY = 1e-3   # best_length stops lengthening a draft once its end is reached with less than this chance
+
+
+def best_length(accept: Sequence[float], c_fixed: float, c_token: float, v: Sequence[float],
+                limit: int) -> tuple[int, float]:
+    """(d, S(d)) with the highest predicted speedup over d = 1..limit (ties: the shorter draft).
+
+    `speedup` for each d, accumulated in one pass (the same doubles: tests/test_drafters.py); asked
+    for every offer the controller has not seen with this v table, so kept to plain float arithmetic."""
+    expected, reach = 1.0, 1.0
+    best = (0, 0.0)
+    for d in range(1, limit + 1):
+        reach *= accept[d - 1]
+        expected += reach
+        s = expected / (c_fixed + d * c_token + v[d + 1])
         if s > best[1]:
             best = (d, s)
+        if reach < TINY:   # longer drafts only add cost
+            break
     return best
 
 
-def predict(skip: SkipSet, alpha: float, costs: Costs, d_max: int) -> tuple[int, float]:
-    """(best draft length, predicted speedup) for a skip set whose acceptance is alpha."""
+def predict(skip: SkipSet, alpha: float, costs: Costs, d_max: int = DRAFT_MAX) -> tuple[int, float]:
+    """(best draft length, predicted speedup) of layer skipping with skip set at per-token acceptance
+    alpha: the calibration's costs (v and the set's draft cost c; no fixed cost, as the layer-skip
+    drafter's offers have none); (1, 0.0) before the costs are calibrated."""
     if not costs.known:
         return 1, 0.0
-    return best_draft_length(alpha, costs.c(skip), costs, d_max)
+    d_max = min(d_max, MAX_VERIFY - 1)   # as the controller caps every draft
+    return best_length([alpha] * d_max, 0.0, costs.c(skip), costs.calibration_v(), d_max)
 
 
 # -- calibration --------------------------------------------------------------------------

@@ -42,7 +42,7 @@ class SearchPacer:
             if n_known < MIN_EVIDENCE:
                 return cfg.search_budget
             cand = SkipSet.from_indices(self.n_layer, range(int(free * self.search.n)))
-            gain = costmodel.predict(cand, FREE_MATCHNESS, self.costs, costmodel.DRAFT_MAX)[1] - 1.0
+            gain = costmodel.predict(cand, FREE_MATCHNESS, self.costs)[1] - 1.0
             # the sooner a large gain is found, the more tokens it speeds up: front-load (a 20%
             # gain already takes the maximum share), small or no gain keeps the small budget
             return float(np.clip(FRONT_LOAD * gain, cfg.search_budget / 2, cfg.search_budget_max))

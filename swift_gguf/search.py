@@ -71,7 +71,6 @@ class SearchConfig:
     max_probes: int = 1000
     bo_every: int = 25
     seed: int = 0
-    d_max: int = 8
 
 
 @dataclass
@@ -261,7 +260,7 @@ class LayerSearch:
         logp, secs = run_probe(rt, skip, ref.window)
         match, kl = compare(ref, logp)
         probe = Probe(skip, match, kl, secs, phase)
-        probe.draft_length, probe.predicted = costmodel.predict(skip, match, self.costs, self.cfg.d_max)
+        probe.draft_length, probe.predicted = costmodel.predict(skip, match, self.costs)
         self._observe(probe)
         self.state.seconds += time.perf_counter() - start
         return probe

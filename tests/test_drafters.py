@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swift_gguf.controller import (LOSS_SHARE, LOSS_STEPS, Backoff, Controller, LossBudget, best_length, choose,
+from swift_gguf import costmodel
+from swift_gguf.controller import (LOSS_SHARE, LOSS_STEPS, Backoff, Controller, LossBudget, choose,
                                    resolve_spec_type)
-from swift_gguf.costmodel import Costs, bucket
+from swift_gguf.costmodel import Costs, best_length, bucket
 from swift_gguf.drafters import Acceptance, LookupDrafter, NgramIndex, Offer, offer_class
 from swift_gguf.engine import SpecConfig, Stream
 
@@ -140,6 +141,37 @@ def test_best_length_trades_acceptance_against_verification_cost():
     assert best_length([0.6], 0.0, 0.0, V_SHORT, 1) == (1, pytest.approx(1.6 / 1.54))
     # a draft cost per token shortens the draft
     assert best_length(sure, 0.0, 0.3, V_SHORT, 32)[0] < d_short
+
+
+def test_one_speedup_model():
+    """best_length's one-pass S(d) is costmodel.speedup(d) to the bit, for every d up to where it stops;
+    the fixed-length choice and the search's `predict` are the same formula on their own inputs."""
+    rng = random.Random(3)
+    for _ in range(300):
+        accept = [rng.random() ** rng.choice([0.2, 1, 3]) for _ in range(40)]
+        c_fixed, c_token = rng.choice([0.0, 0.05]), rng.choice([0.0, 0.02, 0.4])
+        v = rng.choice([V_SHORT, V_LONG])
+        limit = rng.randrange(1, 32)
+        d, s = best_length(accept, c_fixed, c_token, v, limit)
+        assert s == costmodel.speedup(accept, c_fixed, c_token, d, v)
+        reach, stop = 1.0, limit
+        for k in range(1, limit + 1):
+            reach *= accept[k - 1]
+            if reach < costmodel.TINY:
+                stop = k
+                break
+        assert s == max(costmodel.speedup(accept, c_fixed, c_token, k, v) for k in range(1, stop + 1))
+        o = Offer(None, limit, accept, c_fixed=c_fixed, c_token=c_token)
+        fixed = rng.randrange(1, 32)
+        assert choose([o], v, limit, 0.02, fixed=fixed).speedup == costmodel.speedup(
+            accept, c_fixed, c_token, min(fixed, limit), v)
+    from swift_gguf.skipset import SkipSet
+    costs = Costs(t_plain=0.01, v=CPU_V, attn=0.01, ffn=0.02, n_ctx=100)
+    skip = SkipSet.from_indices(30, range(10))
+    assert costmodel.predict(skip, 0.8, costs) == best_length(
+        [0.8] * costmodel.DRAFT_MAX, 0.0, costs.c(skip), [costs.verify(n) for n in range(costmodel.V_MAX + 1)],
+        costmodel.DRAFT_MAX)
+    assert costmodel.predict(skip, 0.8, Costs()) == (1, 0.0)
 
 
 def test_choose_the_best_offer_and_whether_it_pays():

@@ -53,7 +53,7 @@ def drive(search: LayerSearch, score, steps: int, until_done: bool = True) -> li
             search._refs[W] = object()   # the fake needs no reference pass
             continue
         probe = Probe(skip, score(skip), 0.0, 0.0, phase)
-        probe.draft_length, probe.predicted = predict(skip, probe.matchness, search.costs, 8)
+        probe.draft_length, probe.predicted = predict(skip, probe.matchness, search.costs)
         before = search.state.best_predicted
         search._observe(probe)
         if search.state.best_predicted > before:
@@ -191,7 +191,7 @@ def test_bayesian_suggestion_can_win():
     overlap = len(set(suggestion.indices()) & target)
     assert overlap >= 7   # a random set of 10 overlaps 5 on average
     probe = Probe(suggestion, 1.0, 0.0, 0.0, "bayes")
-    probe.draft_length, probe.predicted = predict(suggestion, 1.0, search.costs, 8)
+    probe.draft_length, probe.predicted = predict(suggestion, 1.0, search.costs)
     search._observe(probe)
     assert state.best == suggestion
 
@@ -213,7 +213,7 @@ def test_importance_then_size_picks_the_free_prefix():
             search._refs[W] = object()
             continue
         probe = Probe(skip, score(skip), 0.0, 0.0, phase)
-        probe.draft_length, probe.predicted = predict(skip, probe.matchness, search.costs, 8)
+        probe.draft_length, probe.predicted = predict(skip, probe.matchness, search.costs)
         search._observe(probe)
         if state.done:
             break
