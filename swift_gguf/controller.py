@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from . import costmodel
-from .costmodel import MIN_LIVE, OUTLIER, V_MAX, best_length
+from .costmodel import MIN_LIVE, OUTLIER, V_MAX, Decayed, best_length
 from .drafters import LAYER_SKIP, LOOKUP, Offer
 from .limits import MAX_VERIFY   # verification batches stay within patch 0003's bit-exact bound
 
@@ -84,9 +84,7 @@ class Backoff:
     """Per drafter: after its cycles measured a loss, decode without it for a while (doubling)."""
 
     def __init__(self) -> None:
-        self._cycles: dict[str, float] = {}   # decayed count of its cycles
-        self._tokens: dict[str, float] = {}   # decayed tokens they emitted
-        self._cost: dict[str, float] = {}     # decayed cost of those cycles, in plain steps
+        self._recent: dict[str, Decayed] = {}   # tokens its recent cycles emitted / their cost in plain steps
         self._until: dict[str, int] = {}      # generated-token count until which it sits out
         self._length: dict[str, int] = {}
 
@@ -95,15 +93,17 @@ class Backoff:
 
     def measured(self, drafter: str) -> float | None:
         """Tokens per plain-step cost of the drafter's recent cycles (None: too little evidence)."""
-        if self._cycles.get(drafter, 0.0) < BACKOFF_EVIDENCE or self._cost[drafter] <= 0:
+        r = self._recent.get(drafter)
+        if r is None or r.count < BACKOFF_EVIDENCE or r.den <= 0:
             return None
-        return self._tokens[drafter] / self._cost[drafter]
+        return r.ratio()
 
     def observe(self, drafter: str, emitted: int, cost: float, generated: int) -> float | None:
         """Record one cycle; returns the measured speedup when it was a loss (the drafter now sits out)."""
-        self._cycles[drafter] = BACKOFF_DECAY * self._cycles.get(drafter, 0.0) + 1
-        self._tokens[drafter] = BACKOFF_DECAY * self._tokens.get(drafter, 0.0) + emitted
-        self._cost[drafter] = BACKOFF_DECAY * self._cost.get(drafter, 0.0) + cost
+        recent = self._recent.get(drafter)
+        if recent is None:
+            recent = self._recent[drafter] = Decayed(BACKOFF_DECAY)
+        recent.add(emitted, cost)
         live = self.measured(drafter)
         if live is None or live >= BACKOFF_LOSS:
             if live is not None:
@@ -112,7 +112,7 @@ class Backoff:
         length = self._length.get(drafter, BACKOFF_TOKENS)
         self._until[drafter] = generated + length
         self._length[drafter] = min(2 * length, BACKOFF_MAX)
-        self._cycles[drafter] = self._tokens[drafter] = self._cost[drafter] = 0.0
+        recent.clear()
         return live
 
 

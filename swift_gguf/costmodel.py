@@ -84,6 +84,37 @@ class Ema:
         self.n += 1
 
 
+class Decayed:
+    """Decayed evidence: a sum of observed amounts and a sum of their weights, both ageing by `decay`
+    per observation (so the last ~1 / (1 - decay) observations count), and the number of observations
+    aged alike. The one primitive behind the layer-skip drafter's live acceptance and its
+    low-confidence acceptance, and the controller's backoff (tokens per plain-step cost of a drafter's
+    cycles).
+
+    Two running statistics keep their own shape, on purpose: `Ema` (seconds: the first sample taken as
+    it is, the second only where smaller, outliers clipped) and drafters.Acceptance (one such pair per
+    acceptance class and draft position, where only the positions a draft reached age).
+    """
+    __slots__ = ("decay", "num", "den", "count")
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.num = self.den = self.count = 0.0
+
+    def add(self, num: float, den: float = 1.0) -> None:
+        d = self.decay
+        self.num = d * self.num + num
+        self.den = d * self.den + den
+        self.count = d * self.count + 1
+
+    def ratio(self) -> float:
+        """num / den (the caller decides how much evidence, den or count, it needs first)."""
+        return self.num / self.den
+
+    def clear(self) -> None:
+        self.num = self.den = self.count = 0.0
+
+
 class LiveCosts:
     """Live decode timings per context bucket, and each drafter's draft timings (never saved)."""
 

@@ -22,7 +22,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .costmodel import DRAFT_MAX, Costs
+from .costmodel import DRAFT_MAX, Costs, Decayed
 from .limits import MAX_VERIFY
 from .sampling import top1
 
@@ -300,8 +300,8 @@ class LayerSkipDrafter:
 
     def __init__(self, rt, config, search, costs: Costs):
         self.rt, self.config, self.search, self.costs = rt, config, search, costs
-        self._live = (0.0, 0.0)       # decayed (accepted, drafted)
-        self._low_conf = (0.0, 0.0)   # decayed (accepted, seen) drafts below epsilon
+        self._live = Decayed(LIVE_DECAY)           # accepted / drafted tokens of this skip set
+        self._low_conf = Decayed(LOW_CONF_DECAY)   # accepted / seen drafts below epsilon
         self._set = None              # the skip set the live numbers belong to
         self._scratch = np.empty(rt.n_vocab, np.float32)   # top1's work buffer
         self._offer: Offer | None = None   # the last offer, made again while its numbers are the same
@@ -312,9 +312,8 @@ class LayerSkipDrafter:
 
     def alpha(self) -> float:
         """Per-token acceptance: live once enough was drafted, else the search's matchness."""
-        acc, dr = self._live
-        if dr >= LIVE_ALPHA_MIN:
-            return acc / dr
+        if self._live.den >= LIVE_ALPHA_MIN:
+            return self._live.ratio()
         return self.search.state.best_matchness if self.config.skip is None else FIXED_SET_ALPHA
 
     def cost(self) -> float:
@@ -372,20 +371,17 @@ class LayerSkipDrafter:
         90% of the time (a very redundant model) gains nothing from stopping early; confidence is
         a proxy for acceptance, and the live acceptance of those tokens is the real thing.
         """
-        acc, n = self._low_conf
-        if self.config.adaptive_p_min and n >= LOW_CONF_MIN and acc / n > LOW_CONF_KEEP:
+        low = self._low_conf
+        if self.config.adaptive_p_min and low.den >= LOW_CONF_MIN and low.ratio() > LOW_CONF_KEEP:
             return 0.0
         return self.config.draft_p_min
 
     def observe(self, draft: Draft, n_accepted: int) -> None:
         self._follow_set()
-        acc, n = self._low_conf
         for i, p in enumerate(draft.probs or ()):
             if p < self.config.draft_p_min:
-                acc, n = LOW_CONF_DECAY * acc + (i < n_accepted), LOW_CONF_DECAY * n + 1
-        self._low_conf = (acc, n)
-        acc, dr = self._live
-        self._live = (LIVE_DECAY * acc + n_accepted, LIVE_DECAY * dr + len(draft.tokens))
+                self._low_conf.add(i < n_accepted)
+        self._live.add(n_accepted, len(draft.tokens))
         self._check_task_change()
 
     def _follow_set(self) -> None:
@@ -393,14 +389,14 @@ class LayerSkipDrafter:
         skip = self.skip
         if skip is not self._set:
             self._set = skip
-            self._live = (0.0, 0.0)
+            self._live.clear()
             self.costs.reset_draft(self.name)
 
     def _check_task_change(self) -> None:
         """Reopen the search when live acceptance falls well below what the set promised."""
-        acc, dr = self._live
+        live = self._live
         st = self.search.state
-        if (self.config.skip is None and st.done and dr >= TASK_CHANGE_MIN
-                and acc / dr < st.best_matchness - TASK_CHANGE_DROP):
+        if (self.config.skip is None and st.done and live.den >= TASK_CHANGE_MIN
+                and live.ratio() < st.best_matchness - TASK_CHANGE_DROP):
             self.search.reopen()
-            self._live = (0.0, 0.0)
+            live.clear()

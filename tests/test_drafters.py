@@ -343,6 +343,44 @@ def test_backoff_forgets_after_a_gain():
     assert b.allows("x", 164) and not b.allows("x", 163)     # back to the first length, not 128
 
 
+def test_layer_skip_live_numbers_are_the_decayed_ratios():
+    """The layer-skip drafter's live acceptance and low-confidence acceptance (costmodel.Decayed) are
+    the decayed sums written out by hand, observation by observation, through skip-set changes and a
+    reopened search."""
+    from types import SimpleNamespace
+
+    from swift_gguf.drafters import (LIVE_ALPHA_MIN, LIVE_DECAY, LOW_CONF_DECAY, LOW_CONF_KEEP, LOW_CONF_MIN,
+                                     TASK_CHANGE_DROP, TASK_CHANGE_MIN, Draft, LayerSkipDrafter)
+    from swift_gguf.skipset import SkipSet
+    rng = random.Random(4)
+    state = SimpleNamespace(best=SkipSet.from_indices(10, [1]), best_matchness=0.7, done=True)
+    search = SimpleNamespace(state=state, reopened=0)
+    search.reopen = lambda: setattr(search, "reopened", search.reopened + 1)
+    cfg = SpecConfig(mode="auto")
+    d = LayerSkipDrafter(SimpleNamespace(n_vocab=8), cfg, search, Costs())
+    acc = dr = low_acc = low_n = 0.0
+    last = None
+    for step in range(600):
+        if step % 97 == 50:   # the search found another set: live acceptance starts afresh
+            state.best = SkipSet.from_indices(10, [rng.randrange(16)])
+        n = rng.randrange(1, 9)
+        probs = [rng.random() for _ in range(n)]
+        n_acc = rng.randrange(n + 1)
+        d.observe(Draft("layer-skip", [0] * n, probs, 0.0), n_acc)
+        if state.best is not last:   # (observe follows the set first)
+            acc = dr = 0.0
+            last = state.best
+        for i, p in enumerate(probs):
+            if p < cfg.draft_p_min:
+                low_acc, low_n = LOW_CONF_DECAY * low_acc + (i < n_acc), LOW_CONF_DECAY * low_n + 1
+        acc, dr = LIVE_DECAY * acc + n_acc, LIVE_DECAY * dr + n
+        if dr >= TASK_CHANGE_MIN and acc / dr < state.best_matchness - TASK_CHANGE_DROP:
+            acc = dr = 0.0   # the drafter reopened the search
+        assert d.alpha() == (acc / dr if dr >= LIVE_ALPHA_MIN else state.best_matchness)
+        assert d.epsilon() == (0.0 if low_n >= LOW_CONF_MIN and low_acc / low_n > LOW_CONF_KEEP else cfg.draft_p_min)
+    assert search.reopened > 0
+
+
 def test_spec_type_names():
     assert resolve_spec_type(None, "swift") == "layer-skip" and resolve_spec_type(None, "auto") == "auto"
     assert resolve_spec_type("lookup", "auto") == "ngram"
