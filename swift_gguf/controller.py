@@ -24,8 +24,9 @@ import numpy as np
 
 from . import costmodel
 from .costmodel import MIN_LIVE, OUTLIER, V_MAX, Decayed, best_length
-from .drafters import LAYER_SKIP, LOOKUP, Offer
+from .drafters import LAYER_SKIP, LOOKUP, Drafter, Offer
 from .limits import MAX_VERIFY   # verification batches stay within patch 0003's bit-exact bound
+from .protocols import CostModel, SpecSettings, TokenStream
 
 SPEC_TYPES = ("auto", LAYER_SKIP, LOOKUP)
 SPEC_TYPE_ALIASES = {"lookup": LOOKUP, "prompt-lookup": LOOKUP, "swift": LAYER_SKIP}
@@ -172,7 +173,7 @@ NO_DECISION = Plan(None)
 class Controller:
     """Plans each cycle from the drafters' offers and the measured costs (mode, spec_type, backoff)."""
 
-    def __init__(self, config, costs, drafters: dict):
+    def __init__(self, config: SpecSettings, costs: CostModel, drafters: dict[str, Drafter]):
         self.config = config
         self.costs = costs
         self.drafters = drafters     # name -> drafter, in the order ties are broken
@@ -202,7 +203,7 @@ class Controller:
         """Whether the mode and spec_type leave a drafter that works on this model."""
         return self.config.mode != "off" and any(n not in self.unavailable for n in self._names())
 
-    def plan(self, stream, d_cap: int) -> Plan:
+    def plan(self, stream: TokenStream, d_cap: int) -> Plan:
         cfg = self.config
         if cfg.mode == "off":
             return OFF_PLAN

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from .limits import MAX_VERIFY
+from .protocols import Runtime
 from .skipset import SkipSet
 
 EMA = 0.2           # weight of a new measurement in running averages
@@ -370,7 +371,7 @@ def set_calibration(costs: Costs, seconds: dict[int, float], n_ctx: int) -> None
     costs._tables.clear()
 
 
-def calibrate(rt, last: int, n_past: int, costs: Costs, *, sub_layers: bool = True, reps: int = 3) -> Costs:
+def calibrate(rt: Runtime, last: int, n_past: int, costs: Costs, *, sub_layers: bool = True, reps: int = 3) -> Costs:
     """Measure t_plain, v(n) and per-sub-layer costs at context n_past (once per model).
 
     Runs on a scratch sequence that shares the stream's cells before n_past, so the stream is

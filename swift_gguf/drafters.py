@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
 from .costmodel import DRAFT_MAX, Costs, Decayed
 from .limits import MAX_VERIFY
+from .protocols import CostModel, Runtime, SpecSettings, TokenStream
 from .sampling import top1
+
+if TYPE_CHECKING:
+    from .search import LayerSearch
 
 LAYER_SKIP = "layer-skip"
 LOOKUP = "ngram"
@@ -82,11 +86,11 @@ class Offer:
 class Drafter(Protocol):
     name: str
 
-    def offer(self, stream, n_ctx: int) -> Offer | None: ...
+    def offer(self, stream: TokenStream, n_ctx: int) -> Offer | None: ...
 
     def idle_reason(self) -> str: ...
 
-    def propose(self, offer: Offer, stream, d: int) -> Draft: ...
+    def propose(self, offer: Offer, stream: TokenStream, d: int) -> Draft: ...
 
     def observe(self, draft: Draft, n_accepted: int) -> None: ...
 
@@ -230,7 +234,7 @@ class LookupDrafter:
 
     name = LOOKUP
 
-    def __init__(self, costs: Costs, is_eog: Callable[[int], bool] = lambda t: False):
+    def __init__(self, costs: CostModel, is_eog: Callable[[int], bool] = lambda t: False):
         self.costs = costs
         self.is_eog = is_eog
         self.index = NgramIndex()
@@ -238,7 +242,7 @@ class LookupDrafter:
         self._shadow: tuple[int, list[int], int] | None = None   # (class, continuation, its stream position)
         self._offer_seconds = 0.0
 
-    def offer(self, stream, n_ctx: int) -> Offer | None:
+    def offer(self, stream: TokenStream, n_ctx: int) -> Offer | None:
         start = time.perf_counter()
         tokens = stream.tokens
         if self._shadow is not None:   # (an earlier offer waits for its verdict: rarely, per token)
@@ -263,7 +267,7 @@ class LookupDrafter:
     def idle_reason(self) -> str:
         return "the last tokens occur nowhere earlier: nothing to look up"
 
-    def propose(self, offer: Offer, stream, d: int) -> Draft:
+    def propose(self, offer: Offer, stream: TokenStream, d: int) -> Draft:
         start = time.perf_counter()
         if self._shadow is not None and self._shadow[1] is offer.tokens:
             self._shadow = None   # the verifier's verdict is this offer's observation
@@ -298,7 +302,7 @@ class LayerSkipDrafter:
 
     name = LAYER_SKIP
 
-    def __init__(self, rt, config, search, costs: Costs):
+    def __init__(self, rt: Runtime, config: SpecSettings, search: LayerSearch, costs: Costs):
         self.rt, self.config, self.search, self.costs = rt, config, search, costs
         self._live = Decayed(LIVE_DECAY)           # accepted / drafted tokens of this skip set
         self._low_conf = Decayed(LOW_CONF_DECAY)   # accepted / seen drafts below epsilon
@@ -322,7 +326,7 @@ class LayerSkipDrafter:
         live = self.costs.draft_cost(self.name)
         return live if live is not None else self.costs.c(self.skip)
 
-    def offer(self, stream, n_ctx: int) -> Offer | None:
+    def offer(self, stream: TokenStream, n_ctx: int) -> Offer | None:
         skip = self.skip
         # an empty set drafts at full cost: only where asked to (swift mode: every draft is exact)
         if skip is None or (not skip and self.config.mode != "swift"):
@@ -339,7 +343,7 @@ class LayerSkipDrafter:
     def idle_reason(self) -> str:
         return "no skip set found yet" if self.skip is None else "the skip set is empty: drafts cost a full step"
 
-    def propose(self, offer: Offer, stream, d: int) -> Draft:
+    def propose(self, offer: Offer, stream: TokenStream, d: int) -> Draft:
         """Draft up to d tokens with the skip set; stop after a token below epsilon or an EOG.
         The partial model's KV entries are removed again, whatever happens."""
         rt, n_past = self.rt, stream.n_past

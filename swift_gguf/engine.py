@@ -28,7 +28,7 @@ from .controller import SPEC_TYPE_ALIASES, Controller, Plan, resolve_spec_type
 from .costmodel import Costs
 from .drafters import LAYER_SKIP, LOOKUP, Draft, LayerSkipDrafter, LookupDrafter
 from .pacing import SearchPacer
-from .sampling import TokenSampler
+from .protocols import Runtime, TokenSampler
 from .search import LayerSearch, SearchConfig, SearchState
 from .skipset import SkipSet
 
@@ -165,7 +165,7 @@ class Stream:
 class SwiftEngine:
     """The draft/verify loop for one context, over the controller's plans and the drafters."""
 
-    def __init__(self, rt, config: SpecConfig, *, costs: Costs | None = None,
+    def __init__(self, rt: Runtime, config: SpecConfig, *, costs: Costs | None = None,
                  search_state: SearchState | None = None, supported: bool = True, reason: str = "",
                  rollback: bool = True):
         self.rt = rt

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from . import costmodel
+from .costmodel import Costs
+from .protocols import Runtime, SpecSettings, TokenStream
 from .skipset import SkipSet
+
+if TYPE_CHECKING:
+    from .controller import LossBudget
+    from .search import LayerSearch
 
 FRONT_LOAD = 2.5      # search share per unit of estimated gain while exploring (capped by search_budget_max)
 MIN_EVIDENCE = 8      # sub-layers with importance evidence before the gain is estimated from them
@@ -20,7 +28,7 @@ FREE_MATCHNESS = 0.98  # acceptance assumed for a set of free sub-layers
 class SearchPacer:
     """Grants the layer search its probes, one at a time, within its share of generation time."""
 
-    def __init__(self, config, search, costs, n_layer: int):
+    def __init__(self, config: SpecSettings, search: LayerSearch, costs: Costs, n_layer: int):
         self.config, self.search, self.costs, self.n_layer = config, search, costs, n_layer
         self.gen_time = 0.0          # seconds spent generating where the search may run
         self._share = (0.0, -1)      # cached share and the probe count it was computed at
@@ -48,7 +56,7 @@ class SearchPacer:
             return float(np.clip(FRONT_LOAD * gain, cfg.search_budget / 2, cfg.search_budget_max))
         return cfg.search_budget if st.best_predicted > 1.0 else cfg.search_budget / 2
 
-    def step(self, rt, stream, budget=None) -> float:
+    def step(self, rt: Runtime, stream: TokenStream, budget: LossBudget | None = None) -> float:
         """Run one probe if the allowance has room; returns the seconds it took.
 
         With a request's loss budget (controller.LossBudget, auto), a probe must also fit what the

@@ -10,14 +10,18 @@ processors, top-k / typical / top-p / min-p / temperature, mirostat, its RNG).
 Greedy decoding without penalties, grammar or logits processors reduces llama.cpp's chain to
 an argmax (its greedy sampler keeps the first maximum, as numpy's argmax does): that case skips
 the chain's per-call copy of the vocabulary.
+
+No llama_cpp at import (the policy layer imports `top1` and `TokenSampler` from here): a
+`ChainSampler` binds llama.cpp's sampling call when it is made.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-from llama_cpp import llama_cpp as C
+
+from .protocols import TokenSampler  # noqa: F401  (re-exported: the samplers below are TokenSamplers)
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,6 @@ class SamplingParams:
                     mirostat_eta=self.mirostat_eta)
 
 
-class TokenSampler(Protocol):
-    """Chooses the token that follows `context` from row `row` of the last decode's logits."""
-
-    def sample(self, row: int, context: Sequence[int]) -> int: ...
-
-    def close(self) -> None: ...
-
-
 class GreedySampler:
     """argmax of the row: what llama.cpp's chain [penalties (neutral), greedy] returns."""
 
@@ -85,14 +81,16 @@ class ChainSampler:
     """
 
     def __init__(self, chain, ctx, before: Callable[[Sequence[int]], None] | None = None):
+        from llama_cpp import llama_cpp as C
         self._chain = chain
         self._ctx = ctx
         self._before = before
+        self._sample = C.llama_sampler_sample
 
     def sample(self, row: int, context: Sequence[int]) -> int:
         if self._before is not None:
             self._before(context)
-        return int(C.llama_sampler_sample(self._chain.sampler, self._ctx, row))
+        return int(self._sample(self._chain.sampler, self._ctx, row))
 
     def close(self) -> None:
         self._chain.close()

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import costmodel
 from .costmodel import Costs
+from .protocols import Runtime
 from .skipset import SkipSet, n_sublayers
 
 
@@ -111,7 +112,7 @@ def _log_softmax(rows: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-def run_probe(rt, skip: SkipSet, window: Window) -> tuple[np.ndarray, float]:
+def run_probe(rt: Runtime, skip: SkipSet, window: Window) -> tuple[np.ndarray, float]:
     """Teacher-force window through the drafter with skip set; (log-probs [W, vocab], seconds).
 
     Scratch sequence 1 shares sequence 0's cells before the window, so the probe
@@ -241,7 +242,7 @@ class LayerSearch:
             st.best_matchness = 0.0
             st.best_predicted = 0.0
 
-    def step(self, rt, tokens: list[int], n_past: int) -> Probe | None:
+    def step(self, rt: Runtime, tokens: list[int], n_past: int) -> Probe | None:
         """Run one probe on the stream's last tokens (tokens[n_past] is not yet in the KV cache)."""
         if not self.active or not self.costs.known:
             return None
