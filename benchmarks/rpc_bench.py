@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.redundancy_fixture import inserted_layers  # noqa: E402
+from swift_gguf.redundancy import inserted_layers  # noqa: E402
 from benchmarks.run import model_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

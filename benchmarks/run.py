@@ -6,7 +6,7 @@
 
 Each scenario loads its model once and runs `swift_gguf.bench.run_bench` (interleaved plain /
 swift / prompt-lookup runs in one process) and writes benchmarks/results/<scenario>.json.
-Fixture scenarios use the redundancy fixture (benchmarks/redundancy_fixture.py): a test
+Fixture scenarios use the redundancy fixture (swift_gguf/redundancy.py): a test
 instrument, never a real model's result. "scratch" scenarios start without a profile (the
 search runs during the benchmark and its time is included); "profile" scenarios reuse the
 profile the scratch run saved, completed offline by `swift-gguf optimize` where the scratch run
@@ -24,8 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.redundancy_fixture import build_fixture  # noqa: E402
-from swift_gguf.paths import cache_dir  # noqa: E402
+from swift_gguf.redundancy import cached_fixture  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -51,11 +50,7 @@ def model_path(name: str) -> Path:
     base = resolve_model("smollm2-135m", progress=False)
     if name == "smollm2":
         return base
-    k = int(name[1:])
-    out = cache_dir() / "fixtures" / f"smollm2-135m-identity-k{k}.gguf"
-    if not out.exists():
-        build_fixture(base, out, per_block=k)
-    return out
+    return cached_fixture(base, int(name[1:]))
 
 
 def run_scenario(name: str, profile_dir: Path, limit: int | None, max_tokens: int) -> dict:

@@ -10,7 +10,7 @@ experts of which 2 are used.
 Besides the N "real" random blocks, K inserted blocks are identities of the residual
 stream: their attention output and FFN down projections (biases included; for MoE every
 expert's and the shared expert's) are exact zeros, so both residual branches add exactly 0,
-as in benchmarks/redundancy_fixture.py. Skipping exactly the inserted blocks must therefore
+as in swift_gguf/redundancy.py (real models made redundant). Skipping exactly the inserted blocks must therefore
 leave the logits bit-identical. Their indices are stored in the file under
 `swift_gguf.testmodel.inserted_layers`.
 

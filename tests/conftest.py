@@ -28,23 +28,16 @@ def model_path() -> Path:
     return path
 
 
-def _fixture_file(model_path: Path, per_block: int) -> Path:
-    from benchmarks.redundancy_fixture import build_fixture
-    from swift_gguf.paths import cache_dir
-    out = cache_dir() / "fixtures" / f"smollm2-135m-identity-k{per_block}.gguf"
-    if not out.exists():
-        build_fixture(model_path, out, per_block=per_block)
-    return out
-
-
 @pytest.fixture(scope="session")
 def fixture_k1(model_path) -> Path:
-    return _fixture_file(model_path, 1)
+    from swift_gguf.redundancy import cached_fixture
+    return cached_fixture(model_path, 1)
 
 
 @pytest.fixture(scope="session")
 def fixture_k3(model_path) -> Path:
-    return _fixture_file(model_path, 3)
+    from swift_gguf.redundancy import cached_fixture
+    return cached_fixture(model_path, 3)
 
 
 @pytest.fixture(scope="session")

@@ -186,7 +186,7 @@ def test_stopping_early_keeps_the_cache_consistent(llm, prompts, plain):
 
 
 def test_fixture_with_inserted_blocks_skipped_accepts_everything(fixture_k1, bench_prompts):
-    from benchmarks.redundancy_fixture import inserted_layers
+    from swift_gguf.redundancy import inserted_layers
     llm = SwiftLlama(str(fixture_k1), n_ctx=1024, spec="swift", profile=None, draft_max=8, draft_p_min=1e-6)
     try:
         ins = [il for il in inserted_layers(30, 1) if il < 59]
@@ -213,7 +213,7 @@ def test_auto_speculates_where_it_pays_fixture_k3(fixture_k3, bench_prompts):
     """K=3 (three identity blocks per real block): with the set the search finds there (every
     inserted block; the search itself: test_search.py, on K=1), auto's measured costs say
     speculation pays on this CPU, and it speculates, losslessly."""
-    from benchmarks.redundancy_fixture import inserted_layers
+    from swift_gguf.redundancy import inserted_layers
     llm = SwiftLlama(str(fixture_k3), n_ctx=1024, spec="auto", profile=None)
     try:
         inner = [il for il in inserted_layers(30, 3) if il < 119]

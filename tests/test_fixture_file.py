@@ -1,4 +1,4 @@
-"""Tests for benchmarks/redundancy_fixture.py: structure of the fixture GGUF, and that llama.cpp
+"""Tests for swift_gguf/redundancy.py: structure of the fixture GGUF, and that llama.cpp
 loads it at twice the depth with the inserted identity blocks leaving greedy outputs unchanged."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGUFReader  # noqa: E402
 from gguf.quants import dequantize  # noqa: E402
 
-from benchmarks.redundancy_fixture import build_fixture, inserted_layers, original_layers  # noqa: E402
+from swift_gguf.redundancy import build_fixture, inserted_layers, original_layers  # noqa: E402
 
 BLOCK_SUFFIXES = (
     "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",

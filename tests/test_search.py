@@ -24,7 +24,7 @@ def cpu_like_costs(n_layer: int) -> Costs:
 def test_search_finds_the_inserted_blocks_of_the_fixture(fixture_k1, bench_prompts):
     """Real model, real probes: every chosen sub-layer is an inserted identity, matchness 1.0.
     (That a seed fixes the whole search, Bayesian steps included: test_reset_gives_the_search_of_a_new_object.)"""
-    from benchmarks.redundancy_fixture import inserted_layers
+    from swift_gguf.redundancy import inserted_layers
     from swift_gguf.api import SwiftLlama
     from swift_gguf.optimize import run_optimize
 

@@ -6,7 +6,7 @@
     python3 benchmarks/gpu/gpu_bench.py --prepare-only            # build the fixtures only (no llama.cpp)
 
 Steps (each stops cleanly at the deadline; results are written after every step):
-  a. redundancy fixtures K=1 and K=3 from the model (benchmarks.redundancy_fixture.build_fixture)
+  a. redundancy fixtures K=1 and K=3 from the model (swift_gguf.redundancy.build_fixture)
   b. switching cost on SmolLM2 and fixture K=1: steady-state 1-token draft call (with a skip mask),
      5-token verify call, and alternating cycles draft x4 + verify x5 (as SwiftEngine._cycle does
      it: mask set/cleared, draft KV removed, verify, rejected KV removed); overhead =
@@ -90,7 +90,7 @@ def device_info(kit: Path) -> dict:
 # -- a. fixtures -----------------------------------------------------------------------------------
 
 def prepare_fixtures(model: Path, kit: Path) -> dict:
-    from benchmarks.redundancy_fixture import build_fixture, inserted_layers
+    from swift_gguf.redundancy import build_fixture, inserted_layers
     from gguf import GGUFReader
     out = {}
     for k in (1, 3):

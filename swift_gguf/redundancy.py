@@ -9,8 +9,11 @@ preceding original block, so an inserted block costs as much compute as a real o
 Layer layout: original block i -> layer i*(K+1); its copies -> i*(K+1)+1 .. i*(K+1)+K.
 A layer-skipping drafter that skips exactly the inserted layers is therefore a
 perfect drafter, which gives a known upper bound for self-speculative decoding.
+The tests and the benchmarks build theirs with `cached_fixture` (once, into the cache).
+Beside swift_gguf/testmodels.py (tiny random models of every architecture, the same
+identity-block rule): this one turns a real model into a fixture.
 
-CLI:  python benchmarks/redundancy_fixture.py --base MODEL.gguf --out OUT.gguf [--per-block K]
+CLI:  python -m swift_gguf.redundancy --base MODEL.gguf --out OUT.gguf [--per-block K]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from gguf import quants as gguf_quants
 
 # Tensors whose output is added to the residual stream (attention output, FFN down projection;
 # biases and MoE experts' included): zero in an identity block, the same rule as the tiny test models'
-from swift_gguf.testmodels import ZEROED_PREFIXES
+from .testmodels import ZEROED_PREFIXES
 
 _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -38,6 +41,16 @@ _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 _KEY_ARCH = "general.architecture"
 _KEY_ALIGN = "general.alignment"
 _KEY_NAME = "general.name"
+
+
+def cached_fixture(base: Path, per_block: int, name: str = "smollm2-135m") -> Path:
+    """The fixture of `base` with per_block identity blocks, built once into the cache
+    (fixtures/<name>-identity-k<K>.gguf)."""
+    from .paths import cache_dir
+    out = cache_dir() / "fixtures" / f"{name}-identity-k{per_block}.gguf"
+    if not out.exists():
+        build_fixture(base, out, per_block=per_block)
+    return out
 
 
 def inserted_layers(n_orig_layers: int, per_block: int) -> list[int]:
@@ -222,7 +235,7 @@ def validate_fixture(base: Path, out: Path, per_block: int, base_reader: GGUFRea
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m swift_gguf.redundancy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", type=Path, required=True, help="input GGUF model")
     ap.add_argument("--out", type=Path, required=True, help="output GGUF path")
     ap.add_argument("--per-block", type=int, default=1, help="identity blocks inserted after each block (K)")
