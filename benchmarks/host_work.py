@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Host work per emitted token on an emulated fast backend (issue 25).
 
-    .venv/bin/python benchmarks/host_work.py                      # threads 1/1 and 2/2, 21 rounds
-    .venv/bin/python benchmarks/host_work.py --threads 1 --reps 3 --tag smoke --out /tmp/hw.json
+    .venv/bin/python -m benchmarks.host_work                      # threads 1/1 and 2/2, 21 rounds
+    .venv/bin/python -m benchmarks.host_work --threads 1 --reps 3 --tag smoke --out /tmp/hw.json
 
 On a GPU a SmolLM2 step takes ~1.2 ms, so Python's work around each step (sampling, the
 controller's decision, the lookup index, search pacing, statistics) is a visible share of it;
@@ -52,17 +52,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import llama_cpp
+from llama_cpp import llama_cpp as C
+
+from swift_gguf import testmodels
+from swift_gguf.api import SwiftLlama
+from swift_gguf.optimize import run_optimize
+from swift_gguf.skipset import SkipSet
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import llama_cpp  # noqa: E402
-from llama_cpp import llama_cpp as C  # noqa: E402
-
-from swift_gguf import testmodels  # noqa: E402
-from swift_gguf.api import SwiftLlama  # noqa: E402
-from swift_gguf.optimize import run_optimize  # noqa: E402
-from swift_gguf.skipset import SkipSet  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results"
 N_VOCAB = 49152        # SmolLM2's vocabulary
 N_CTX = 1024
@@ -268,7 +266,7 @@ def main(argv=None) -> int:
     result = {"tag": opts.tag, "started": started, "reps": opts.reps, "tokens": TOKENS, "n_vocab": N_VOCAB,
               "n_ctx": N_CTX, "seed": opts.seed, "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
-              "command": " ".join(["benchmarks/host_work.py", *(argv if argv is not None else sys.argv[1:])]),
+              "command": " ".join(["python -m benchmarks.host_work", *(argv if argv is not None else sys.argv[1:])]),
               "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Build the benchmark peers: unpatched llama-cpp-python and llama.cpp's llama-server.
 
-    python benchmarks/peers.py              # build what is missing (about 20 min on 2 cores)
-    python benchmarks/peers.py --check      # say what is built, build nothing
-    python benchmarks/peers.py --only server
+    python3 -m benchmarks.peers              # build what is missing (about 20 min on 2 cores)
+    python3 -m benchmarks.peers --check      # say what is built, build nothing
+    python3 -m benchmarks.peers --only server
+
+(from the repository root, as every benchmark: benchmarks/ is a package)
 
 Both come from the SAME pinned sdist as swift-gguf's patched build (patches/PIN, checked by
 sha256), WITHOUT the patches and with the same CMake flags (AMX off, native/build.py), so that a
@@ -30,10 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from native.build import NINJA_PROGRESS, BuildError, default_cmake_args, extract, fetch_sdist, read_pin  # noqa: E402
-from swift_gguf.paths import cache_dir  # noqa: E402
+from native.build import NINJA_PROGRESS, BuildError, default_cmake_args, extract, fetch_sdist, read_pin
+from swift_gguf.paths import cache_dir
 
 MARKER = "swift-gguf-peer.json"
 

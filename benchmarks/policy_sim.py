@@ -10,7 +10,7 @@ context like specbench.py's oracle. The policy's knobs (swift_gguf/drafters.py,
 swift_gguf/controller.py) can then be tuned in seconds instead of a benchmark run; the
 benchmark remains the measurement.
 
-    .venv/bin/python benchmarks/policy_sim.py benchmarks/results/specbench-smollm2-135m-*.json
+    .venv/bin/python -m benchmarks.policy_sim benchmarks/results/specbench-smollm2-135m-*.json
 
 `--live SIGMA` replays the live cost estimator as well: the controller then decides on
 swift_gguf's own `Costs`, calibrated and fed with timings drawn from the run's measured costs
@@ -24,19 +24,15 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from specbench import CostTable   # noqa: E402
-from swift_gguf.controller import Controller   # noqa: E402
-from swift_gguf.costmodel import CALIBRATION_SIZES, MIN_LIVE, V_MAX, Costs, set_calibration   # noqa: E402
-from swift_gguf.drafters import LOOKUP, LookupDrafter   # noqa: E402
-from swift_gguf.engine import SpecConfig, Stream   # noqa: E402
+from benchmarks.specbench import CostTable
+from swift_gguf.controller import Controller
+from swift_gguf.costmodel import CALIBRATION_SIZES, MIN_LIVE, V_MAX, Costs, set_calibration
+from swift_gguf.drafters import LOOKUP, LookupDrafter
+from swift_gguf.engine import SpecConfig, Stream
 
 
 class RunCosts:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Render the tables of BENCHMARKS.md from benchmarks/results/*.json (and plots next to them).
 
-    .venv/bin/python benchmarks/report.py     # rewrites the block between the GENERATED markers
+    .venv/bin/python -m benchmarks.report     # rewrites the block between the GENERATED markers
 
 Every number in the tables comes from a JSON file in benchmarks/results; the narrative around
 the tables is written by hand and says which run it discusses.
@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 REPORT = ROOT / "BENCHMARKS.md"
 PLOTS = RESULTS / "plots"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Plain vs auto over llama.cpp's RPC backend on loopback, with the per-call overhead RPC adds.
 
-    .venv/bin/python benchmarks/rpc_bench.py                  # SmolLM2 and the K=3 fixture
-    .venv/bin/python benchmarks/rpc_bench.py --only k3 --limit 2
+    .venv/bin/python -m benchmarks.rpc_bench                  # SmolLM2 and the K=3 fixture
+    .venv/bin/python -m benchmarks.rpc_bench --only k3 --limit 2
 
 Two `swift-gguf rpc-server` workers (127.0.0.1, free ports) hold the last two thirds of the
 layers, half each (-ngl 2L/3 --tensor-split 1,1); the first third and the embeddings stay in this
@@ -38,12 +38,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.run import model_path
+from swift_gguf.redundancy import inserted_layers
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from swift_gguf.redundancy import inserted_layers  # noqa: E402
-from benchmarks.run import model_path  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 1          # client and each worker (see the module docstring)
 ROUNDS = 15          # interleaved rounds of the call-cost measurement (the fastest of each counts)
@@ -230,7 +228,7 @@ def run_model(name: str, limit: int | None, max_tokens: int, workers) -> dict[st
                 "placement": f"layers 0-{n - ngl} local; {n - ngl + 1}-{n - ngl // 2} on worker 1; "
                              f"{n - ngl // 2 + 1}-{n - 1} and the output on worker 2 (127.0.0.1)",
                 "threads": THREADS, "wall_seconds": round(time.perf_counter() - t0, 1),
-                "command": f"benchmarks/rpc_bench.py --only {name}"}
+                "command": f"python -m benchmarks.rpc_bench --only {name}"}
             bench["call_costs"] = costs
             bench["paper_model"] = paper_model(costs, bench, round_trips=len(workers))
             out[scenario] = bench

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The CPU benchmark scenarios behind BENCHMARKS.md (protocol: docs/benchmark-protocol.md).
 
-    .venv/bin/python benchmarks/run.py                 # all scenarios, under 15 minutes on 2 cores
-    .venv/bin/python benchmarks/run.py --only smollm2-auto --limit 4
+    .venv/bin/python -m benchmarks.run                 # all scenarios, under 15 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run --only smollm2-auto --limit 4
 
 Each scenario loads its model once and runs `swift_gguf.bench.run_bench` (interleaved plain /
 swift / prompt-lookup runs in one process) and writes benchmarks/results/<scenario>.json.
@@ -21,11 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from swift_gguf.redundancy import cached_fixture
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from swift_gguf.redundancy import cached_fixture  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results"
 
 # name: (model, mode, prompts limit, profile: "scratch" | "reuse-optimized", peer arm)
@@ -77,7 +75,7 @@ def run_scenario(name: str, profile_dir: Path, limit: int | None, max_tokens: in
         result["scenario"] = {"name": name, "model": model, "mode": mode, "profile": prof,
                               "wall_seconds": round(time.perf_counter() - t0, 1),
                               "optimize_seconds": optimize_seconds,
-                              "command": f"benchmarks/run.py --only {name}"}
+                              "command": f"python -m benchmarks.run --only {name}"}
         llm.save_profile()
     finally:
         llm.close()

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Spec-Bench on the CPU: swift-gguf beside llama.cpp's and llama-cpp-python's own speculation.
 
-The full run (one command; peers first: `python3 benchmarks/peers.py`, ~20 min, once):
+The full run (one command; peers first: `python3 -m benchmarks.peers`, ~20 min, once):
 
-    .venv/bin/python benchmarks/specbench.py --model smollm2-135m     # ~60 min on 2 idle cores
-    .venv/bin/python benchmarks/specbench.py --model gemma3-270m      # ~90 min
-    .venv/bin/python benchmarks/report.py                              # tables into BENCHMARKS.md
+    .venv/bin/python -m benchmarks.specbench --model smollm2-135m     # ~60 min on 2 idle cores
+    .venv/bin/python -m benchmarks.specbench --model gemma3-270m      # ~90 min
+    .venv/bin/python -m benchmarks.report                              # tables into BENCHMARKS.md
 
 Smoke run (1 question per category, 1 repetition; numbers meaningless on a shared CPU):
 
-    .venv/bin/python benchmarks/specbench.py --per-category 1 --reps 1 --out /tmp/smoke.json
+    .venv/bin/python -m benchmarks.specbench --per-category 1 --reps 1 --out /tmp/smoke.json
 
 Questions: benchmarks/data/spec-bench/questions.jsonl (its README), `--per-category` of each of
 the six Spec-Bench categories (evenly spaced through the category, so multi-turn spans MT-bench's
@@ -65,11 +65,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 QUESTIONS = ROOT / "benchmarks" / "data" / "spec-bench" / "questions.jsonl"   # Apache-2.0, see its README
 RESULTS = ROOT / "benchmarks" / "results"
-WORKER = Path(__file__).resolve().parent / "specbench_worker.py"
+WORKER = "benchmarks.specbench_worker"   # run as a module from the repository root (either interpreter)
 # Spec-Bench's own column order and its leaderboard's column titles
 CATEGORIES = ["multi-turn conversation", "translation", "summarization", "question answering",
               "mathematical reasoning", "retrieval-augmented generation"]
@@ -144,7 +143,7 @@ class Worker:
         self.name, self.label, self.cfg = name, label, cfg
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([python, str(WORKER), json.dumps(cfg)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([python, "-m", WORKER, json.dumps(cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
         hello = self._read()
         self.info = hello.get("info", {})
@@ -193,7 +192,7 @@ def start_arms(opts, model: str, log_dir: Path, server_spec: str | None) -> list
     need = [p for p, used in ((lcp, True), (server, server_spec is not None)) if used and not p.exists()]
     if need:
         raise BenchError(f"the unpatched peers are not built ({', '.join(map(str, need))} missing).\n"
-                         "Fix: python3 benchmarks/peers.py (about 20 minutes on 2 cores, once).")
+                         "Fix: python3 -m benchmarks.peers (about 20 minutes on 2 cores, once).")
     base = {"model": model, "n_ctx": opts.ctx, "threads": opts.threads, "format": opts.format}
     plan = [("baseline", "llama-cpp-python (unpatched, plain)", str(lcp), {"kind": "lcp"}),
             ("off", "swift-gguf off", sys.executable, {"kind": "swift", "kwargs": {"spec": "off"}}),
@@ -342,7 +341,7 @@ def config(opts, model: str, questions: list[dict], selection, seconds: float) -
             "server_selection": selection, "server_args": opts.server_args,
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpu": _cpu_name(), "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "seconds": round(seconds, 1), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+            "seconds": round(seconds, 1), "command": " ".join(["python -m benchmarks.specbench", *sys.argv[1:]])}
 
 
 def _cpu_name() -> str:

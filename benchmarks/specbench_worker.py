@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One Spec-Bench arm as a long-lived process: loads the model once, answers JSON lines.
 
-Started by benchmarks/specbench.py, never by hand. It runs under either interpreter:
+Started by benchmarks/specbench.py (`python -m benchmarks.specbench_worker CONFIG` from the
+repository root), never by hand. It runs under either interpreter:
 the repository's .venv (swift-gguf arms, patched llama.cpp) or the unpatched peer venv
 (benchmarks/peers.py: plain llama-cpp-python, its prompt-lookup drafter, and the adapter that
 drives llama.cpp's llama-server). So it imports only llama_cpp and the standard library, plus

@@ -1,4 +1,4 @@
-"""Run: PYTHONPATH=. .venv/bin/python benchmarks/switching.py   (THREADS=1 REPS=7 by default)
+"""Run: .venv/bin/python -m benchmarks.switching   (THREADS=1 REPS=7 by default)
 
 Switching cost of the draft/verify alternation, with and without the graph cache (patch 0002).
 

@@ -141,3 +141,11 @@ def test_index_match_equals_a_brute_force_search():
                 tokens.append(rng.randrange(vocab))
             idx.sync(tokens)
             assert idx.match() == brute_match(tokens)
+
+
+def test_set_calibration_clamps_disturbed_timings():
+    costs = Costs()
+    # v(2) measured below one step, v(3) above three steps, v(5) below v(3): all disturbed
+    cm.set_calibration(costs, {1: 0.010, 2: 0.008, 3: 0.040, 5: 0.020, 9: 0.050}, 100)
+    assert costs.t_plain == 0.010 and costs.n_ctx == 100
+    assert costs.v == {2: 1.0, 3: 3.0, 5: 3.0, 9: 5.0}

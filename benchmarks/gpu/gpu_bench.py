@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """swift-gguf on a GPU: switching cost and benchmark tables, in one process, within a deadline.
 
-    python3 benchmarks/gpu/gpu_bench.py --out OUT                 # GPU (n_gpu_layers=-1, flash_attn=False)
-    python3 benchmarks/gpu/gpu_bench.py --cpu --out OUT --limit 2 --pairs 1 --max-tokens 32
-    python3 benchmarks/gpu/gpu_bench.py --prepare-only            # build the fixtures only (no llama.cpp)
+    python3 -m benchmarks.gpu.gpu_bench --out OUT                 # GPU (n_gpu_layers=-1, flash_attn=False)
+    python3 -m benchmarks.gpu.gpu_bench --cpu --out OUT --limit 2 --pairs 1 --max-tokens 32
+    python3 -m benchmarks.gpu.gpu_bench --prepare-only            # build the fixtures only (no llama.cpp)
 
 Steps (each stops cleanly at the deadline; results are written after every step):
   a. redundancy fixtures K=1 and K=3 from the model (swift_gguf.redundancy.build_fixture)
@@ -34,9 +34,6 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 DEFAULT_MODEL = Path("/root/.cache/swift-gguf/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 PROMPT = ("The quick brown fox jumps over the lazy dog. Then it ran into the forest, where the old "

@@ -35,7 +35,7 @@ main() {
     export PYTHONPATH=$KIT/py:$KIT/llama_cpp_parent:$PWD
     export PYTHONUNBUFFERED=1
     # -- fixtures (gguf + numpy only) while the build runs ----------------------------------------
-    python3 benchmarks/gpu/gpu_bench.py --prepare-only --kit $KIT || { say "FATAL: fixtures"; return 2; }
+    python3 -m benchmarks.gpu.gpu_bench --prepare-only --kit $KIT || { say "FATAL: fixtures"; return 2; }
     # -- wait for the build -------------------------------------------------------------------------
     last=0
     while [ ! -f $KIT/build.done ]; do
@@ -78,7 +78,7 @@ main() {
     # a second, dynamic libstdc++ loaded by numpy/gguf/sklearn first then crashes std::regex in the
     # tokenizer (seen 2026-11-26 on an H200). Preloading the system one makes both the same copy.
     [ -f /lib/x86_64-linux-gnu/libstdc++.so.6 ] && export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
-    python3 benchmarks/gpu/gpu_bench.py --out "$OUT" --kit $KIT --deadline $((DEADLINE - 10)) ${GPU_BENCH_ARGS:-}
+    python3 -m benchmarks.gpu.gpu_bench --out "$OUT" --kit $KIT --deadline $((DEADLINE - 10)) ${GPU_BENCH_ARGS:-}
     rc=$?
     say "gpu_bench rc=$rc; files: $(ls "$OUT" | tr '\n' ' ')"
     return $rc

@@ -3,14 +3,9 @@ footing when swift-gguf's plain decoding (`off`) is faster than the baseline, an
 gain (auto / off). Synthetic run, no model."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import specbench  # noqa: E402
+from benchmarks import specbench
 
 COSTS = {"64": {"t1": 0.010, "v": {"2": 1.4, "3": 1.6, "5": 2.0, "9": 3.2, "17": 6.0}}}
 
