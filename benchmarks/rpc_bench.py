@@ -40,6 +40,7 @@ from pathlib import Path
 
 from benchmarks.run import model_path
 from swift_gguf.redundancy import inserted_layers
+from swift_gguf.timing import CycleReplay, interleaved, time_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,7 +68,7 @@ def tcp_bytes(ports: list[int]) -> int:
 
 
 class Caller:
-    """Timed decode calls on one model at a fixed context (scratch positions removed after each)."""
+    """Timed decode calls on one model at a fixed context (swift_gguf.timing: positions removed after each)."""
 
     def __init__(self, llm, prompt_tokens: list[int]):
         self.llm, self.rt = llm, llm.rt
@@ -75,24 +76,19 @@ class Caller:
         self.rt.decode(prompt_tokens, 0)
         self.n_past = len(prompt_tokens)
         self.tok = prompt_tokens[-1]
+        self._cycles: dict[tuple[int, bytes], CycleReplay] = {}
 
     def call(self, n: int, mask: bytes = b"") -> float:
-        with self.rt.skipping(mask):   # a batch is timed as speculation runs it: a verification
-            toks = [self.tok] * n
-            secs = self.rt.verify(toks, self.n_past) if n > 1 else self.rt.decode(toks, self.n_past)
-        self.rt.remove(0, self.n_past, -1)
-        return secs
+        """Decode seconds of n tokens: a batch is timed as speculation runs it, a verification."""
+        with self.rt.skipping(mask):
+            return time_batch(self.rt, [self.tok] * n, self.n_past, verify=n > 1)
 
     def cycle(self, d: int, mask: bytes) -> float:
-        """d one-token draft steps with the mask, then a verification of d + 1 tokens."""
-        t0 = time.perf_counter()
-        with self.rt.skipping(mask):
-            for i in range(d):
-                self.rt.decode([self.tok], self.n_past + i)
-        self.rt.remove(0, self.n_past, -1)
-        self.rt.verify([self.tok] * (d + 1), self.n_past)
-        self.rt.remove(0, self.n_past, -1)
-        return time.perf_counter() - t0
+        """d one-token draft steps with the mask, then a verification of d + 1 tokens (wall seconds)."""
+        replay = self._cycles.get((d, mask))
+        if replay is None:
+            replay = self._cycles[(d, mask)] = CycleReplay(self.rt, self.n_past, self.tok, mask, d)
+        return replay.cycle()
 
 
 def call_costs(local, remote, prompt_tokens, mask: bytes, ports: list[int]) -> dict:
@@ -100,17 +96,13 @@ def call_costs(local, remote, prompt_tokens, mask: bytes, ports: list[int]) -> d
     the CPU is shared and interference only adds), and the bytes each kind of call moves."""
     callers = {"local": Caller(local, prompt_tokens), "rpc": Caller(remote, prompt_tokens)}
     kinds = {"plain": (1, b""), **{f"v{n}": (n, b"") for n in SIZES}, "draft": (1, mask)}
-    times = {side: {k: [] for k in [*kinds, "cycle"]} for side in callers}
-    for c in callers.values():   # build every graph once, untimed
-        for n, m in kinds.values():
-            c.call(n, m)
-        c.cycle(CYCLE_D, mask)
-    for _ in range(ROUNDS):
-        for side, c in callers.items():
-            for k, (n, m) in kinds.items():
-                times[side][k].append(c.call(n, m))
-            times[side]["cycle"].append(c.cycle(CYCLE_D, mask))
-    best = {side: {k: min(v) for k, v in t.items()} for side, t in times.items()}
+    calls = {}
+    for side, c in callers.items():   # every graph built once in the untimed first round
+        for k, (n, m) in kinds.items():
+            calls[(side, k)] = lambda c=c, n=n, m=m: c.call(n, m)
+        calls[(side, "cycle")] = lambda c=c: c.cycle(CYCLE_D, mask)
+    times = interleaved(calls, ROUNDS)
+    best = {side: {k: min(times[(side, k)]) for k in [*kinds, "cycle"]} for side in callers}
     # bytes on the wire (kernel counters, exact): a call repeated (each worker replays its last
     # graph) and whole cycles (draft and verification graphs alternate, so each is sent again)
     rpc = callers["rpc"]

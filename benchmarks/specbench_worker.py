@@ -168,14 +168,15 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
     """v(n) at each context length: time of one n-token batch (logits for all n) on a scratch
     sequence after `ctx` cached tokens, over the time of a one-token step there.
 
-    As SwiftEngine.calibrate, but at chosen context lengths: the KV cache is cleared first (a
-    unified cache shares its cells between sequences), the context is written into sequence 1,
-    and every timed batch is removed again. The sizes are interleaved, each round in the other
-    order, over 2 * reps rounds after one untimed round that may build the graphs, and the
+    costmodel.calibrate's measurement (swift_gguf.timing.batch_seconds) at chosen context lengths:
+    the KV cache is cleared first (a unified cache shares its cells between sequences) and the
+    context is a filler written into the scratch sequence. The sizes are interleaved, each round in
+    the other order, over 2 * reps rounds after one untimed round that may build the graphs, and the
     median of each size counts: measuring one size after the other, best of 3, gave tables whose
     v(n) went up and down by 10-30% between neighbouring sizes (this VM's slow phases hit some
     sizes and not others), and a replay that decides on such a table exploits its accidents.
     """
+    from swift_gguf.timing import batch_seconds
     rt = llm.rt
     vocab = [t for t in llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8, add_bos=False)]
     out = {}
@@ -186,16 +187,8 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
         if need > rt.n_ctx:
             continue
         filler = (vocab * (ctx // len(vocab) + 1))[:ctx]
-        rt.decode(filler, 0, seq=1)
         batch = filler[:max(order)] if max(order) <= ctx else (filler * 2)[:max(order)]
-        samples: dict[int, list[float]] = {n: [] for n in order}
-        for i in range(2 * reps + 1):
-            for n in (order if i % 2 else order[::-1]):
-                secs = rt.verify(batch[:n], ctx, seq=1)
-                rt.remove(1, ctx, -1)
-                if i:
-                    samples[n].append(secs)
-        rt.remove(1, -1, -1)
+        samples = batch_seconds(rt, batch, ctx, order, 2 * reps, fill=filler, alternate=True)
         times = {n: statistics.median(v) for n, v in samples.items()}
         out[str(ctx)] = {"t1": times[1], "v": {str(n): times[n] / times[1] for n in order if n > 1}}
     llm.reset()

@@ -35,6 +35,7 @@ import numpy as np
 from .limits import MAX_VERIFY
 from .protocols import Runtime
 from .skipset import SkipSet
+from .timing import batch_seconds
 
 EMA = 0.2           # weight of a new measurement in running averages
 BUCKET_BASE = 128   # context buckets: [0, 128), [128, 256), [256, 512), ... (each doubles)
@@ -383,21 +384,9 @@ def calibrate(rt: Runtime, last: int, n_past: int, costs: Costs, *, sub_layers: 
     toks = [last] * max(sizes)
 
     def timed(sizes: list[int], mask: bytes = b"") -> dict[int, float]:
-        """Best of reps timings per size, the sizes interleaved (a busy machine's slow phases then
-        hit every size alike); the first round may build graphs and is not timed."""
-        best = {n: float("inf") for n in sizes}
-        rt.share(0, 1, 0, n_past)
-        try:
-            with rt.skipping(mask):
-                for i in range(reps + 1):
-                    for n in sizes:
-                        secs = rt.verify(toks[:n], n_past, seq=1)
-                        rt.remove(1, n_past, -1)
-                        if i:
-                            best[n] = min(best[n], secs)
-        finally:
-            rt.remove(1, -1, -1)
-        return best
+        """Best of reps timings per size, the sizes interleaved (timing.batch_seconds)."""
+        samples = batch_seconds(rt, toks, n_past, sizes, reps, mask=mask)
+        return {n: min(xs, default=float("inf")) for n, xs in samples.items()}
 
     set_calibration(costs, timed(sizes), n_past)
     t1 = costs.t_plain

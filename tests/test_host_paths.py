@@ -6,6 +6,7 @@ the table itself, the n-gram index's match against a brute-force search. No mode
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -149,3 +150,78 @@ def test_set_calibration_clamps_disturbed_timings():
     cm.set_calibration(costs, {1: 0.010, 2: 0.008, 3: 0.040, 5: 0.020, 9: 0.050}, 100)
     assert costs.t_plain == 0.010 and costs.n_ctx == 100
     assert costs.v == {2: 1.0, 3: 3.0, 5: 3.0, 9: 5.0}
+
+
+class FakeRuntime:
+    """A protocols.Runtime that logs every call and takes seconds from a function of the call."""
+
+    def __init__(self, seconds, n_layer=6, n_ctx=512):
+        self.seconds, self.n_layer, self.n_vocab, self.n_ctx = seconds, n_layer, 8, n_ctx
+        self.log, self.mask = [], b""
+
+    def verify(self, tokens, pos0, *, seq=0):
+        self.log.append(("verify", len(tokens), pos0, seq, self.mask))
+        return self.seconds(len(tokens), self.mask, len(self.log))
+
+    def decode(self, tokens, pos0, *, seq=0, all_logits=False):
+        self.log.append(("decode", len(tokens), pos0, seq, self.mask))
+        return self.seconds(len(tokens), self.mask, len(self.log))
+
+    def remove(self, seq, p0, p1=-1):
+        self.log.append(("remove", seq, p0, p1))
+
+    def share(self, src, dst, p0, p1):
+        self.log.append(("share", src, dst, p0, p1))
+
+    def room(self, n_past):
+        return self.n_ctx - n_past
+
+    @contextlib.contextmanager
+    def skipping(self, mask):
+        self.mask = mask
+        try:
+            yield
+        finally:
+            self.mask = b""
+
+
+def reference_calibration(rt, last, n_past, reps=3):
+    """costmodel.calibrate's timing loop as it was written before timing.py (issue 28)."""
+    sizes = [n for n in (1, *cm.CALIBRATION_SIZES) if rt.room(n_past) > n + 1]
+    toks = [last] * max(sizes)
+
+    def timed(sizes, mask=b""):
+        best = {n: float("inf") for n in sizes}
+        rt.share(0, 1, 0, n_past)
+        try:
+            with rt.skipping(mask):
+                for i in range(reps + 1):
+                    for n in sizes:
+                        secs = rt.verify(toks[:n], n_past, seq=1)
+                        rt.remove(1, n_past, -1)
+                        if i:
+                            best[n] = min(best[n], secs)
+        finally:
+            rt.remove(1, -1, -1)
+        return best
+    return timed
+
+
+def test_calibration_makes_the_same_calls_and_numbers_through_timing():
+    from swift_gguf.skipset import SkipSet
+
+    def seconds(n, mask, k):   # a noisy but deterministic machine
+        return 0.01 * (0.6 + 0.4 * n) * (0.8 if mask else 1.0) * (1 + 0.3 * ((k * 7919) % 11) / 11)
+
+    new_rt, ref_rt = FakeRuntime(seconds), FakeRuntime(seconds)
+    costs = cm.calibrate(new_rt, 5, 100, Costs())
+    timed = reference_calibration(ref_rt, 5, 100)
+    want = Costs()
+    cm.set_calibration(want, timed([1, *cm.CALIBRATION_SIZES]), 100)
+    n = ref_rt.n_layer
+    attn = SkipSet.from_lists(n, attention=range(1, n - 1)).mask()
+    ffn = SkipSet.from_lists(n, ffn=range(1, n - 1)).mask()
+    c_attn, c_ffn = timed([1], attn)[1] / want.t_plain, timed([1], ffn)[1] / want.t_plain
+    assert new_rt.log == ref_rt.log
+    assert (costs.t_plain, costs.v, costs.n_ctx) == (want.t_plain, want.v, want.n_ctx)
+    assert costs.attn == max(1.0 - c_attn, 0.0) / (n - 2) and costs.ffn == max(1.0 - c_ffn, 0.0) / (n - 2)

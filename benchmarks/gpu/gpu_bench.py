@@ -7,11 +7,11 @@
 
 Steps (each stops cleanly at the deadline; results are written after every step):
   a. redundancy fixtures K=1 and K=3 from the model (swift_gguf.redundancy.build_fixture)
-  b. switching cost on SmolLM2 and fixture K=1: steady-state 1-token draft call (with a skip mask),
-     5-token verify call, and alternating cycles draft x4 + verify x5 (as SwiftEngine._cycle does
-     it: mask set/cleared, draft KV removed, verify, rejected KV removed); overhead =
-     cycle / (4*draft + verify) - 1; with patch 0002's graph cache on and off when the library
-     exports llama_swift_graph_cache_size (LLAMA_SWIFT_GRAPH_CACHE=0 at context creation)
+  b. switching cost on SmolLM2 and fixture K=1: benchmarks/switching.py's measurement (steady-state
+     1-token draft call with a skip mask, 5-token verify call, and alternating cycles draft x4 +
+     verify x5 as SwiftEngine._cycle makes them; overhead = cycle / (4*draft + verify) - 1), with
+     patch 0002's graph cache on and off when the library exports llama_swift_graph_cache_size
+     (LLAMA_SWIFT_GRAPH_CACHE=0 at context creation), the two contexts interleaved
   c. tables with swift_gguf.bench.run_bench (peer=False), one prompt at a time so that a
      deadline keeps the prompts already done: fixture K=1 and K=3 with mode "swift" and a fixed
      skip set of exactly the inserted blocks, SmolLM2 with mode "auto" (search from scratch),
@@ -36,9 +36,7 @@ from pathlib import Path
 
 
 DEFAULT_MODEL = Path("/root/.cache/swift-gguf/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-PROMPT = ("The quick brown fox jumps over the lazy dog. Then it ran into the forest, where the old "
-          "owl was waiting for the night to fall and the stars to come out over the hills.")
-DRAFTS_PER_CYCLE = 4
+SWITCH_BLOCK = 10      # switching: calls per block (a sample is a block's mean; see benchmarks/switching.py)
 TABLES = ("k1_swift", "k3_swift", "smollm2_auto", "k1_auto", "k3_auto")
 SWITCHING = ("switch_smollm2", "switch_k1")
 # share of the time left for each step among the weighted steps still to come; the unweighted
@@ -155,128 +153,34 @@ def graph_cache_size_fn():
     return fn
 
 
-def _ms(xs: list[float]) -> dict:
-    xs = sorted(xs)
-    return {"median_ms": round(statistics.median(xs) * 1e3, 4), "min_ms": round(xs[0] * 1e3, 4),
-            "p90_ms": round(xs[int(0.9 * (len(xs) - 1))] * 1e3, 4), "n": len(xs)}
-
-
-def measure_switching(llm, mask: bytes, reps: int, until: float = float("inf"), res: dict | None = None) -> dict:
-    """Steady-state draft, verify, plain and alternating-cycle times on one context.
-
-    Each phase gets a share of the time up to `until` (time.time()); a phase that runs out of
-    its share stops early with at least 2 samples (recorded as n < reps). Results go into `res`
-    as they come, so a caller interrupted by the deadline keeps the phases already done."""
-    from swift_gguf import native
-    from swift_gguf.sampling import top1
-    rt = llm.rt
-    pc = time.perf_counter
-    prompt = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
-    rt.remove(-1, 0, -1)
-    rt.decode(prompt, 0)
-    last, _ = top1(rt.logits(-1))
-    n = len(prompt)
-    # verify tokens: the pending token and the model's own greedy continuation
-    vt, tok = [last], last
-    for i in range(DRAFTS_PER_CYCLE):
-        rt.decode([tok], n + i)
-        tok, _ = top1(rt.logits(-1))
-        vt.append(tok)
-    rt.remove(0, n, -1)
-
-    def one():   # plain or draft call, depending on the mask set around it
-        t = pc()
-        rt.decode([last], n)
-        top1(rt.logits(-1))
-        dt = pc() - t
-        rt.remove(0, n, -1)
-        return dt
-
-    def verify():
-        t = pc()
-        rt.verify(vt, n)
-        rt.logits_rows(len(vt)).argmax(axis=1)
-        dt = pc() - t
-        rt.remove(0, n, -1)
-        return dt
-
-    def cycle():   # SwiftEngine._cycle's calls, with a fixed draft length
-        t = pc()
-        drafts, tok = [], last
-        with rt.skipping(mask):
-            for i in range(DRAFTS_PER_CYCLE):
-                rt.decode([tok], n + i)
-                tok, _ = top1(rt.logits(-1))
-                drafts.append(tok)
-        rt.remove(0, n, -1)
-        rt.verify([last, *drafts], n)
-        rt.logits_rows(len(drafts) + 1).argmax(axis=1)
-        rt.remove(0, n, -1)
-        return pc() - t
-
-    shares = {"plain": 1.0, "draft": 1.0, "verify": 1.0, "cycle": 2.0}
-
-    def phase(name, fn, warm: int = 3) -> dict:
-        rest = sum(shares.values())
-        t_ph = time.time()
-        stop = t_ph + max(until - t_ph, 0.0) * shares.pop(name) / rest
-        for w in range(warm):
-            if w and time.time() > (t_ph + stop) / 2:   # warm-ups ate half the share
-                break
-            fn()
-        b0 = native.graph_stats(rt.ctx)
-        ts = []
-        while len(ts) < reps and (len(ts) < 2 or time.time() < stop):
-            ts.append(fn())
-        b1 = native.graph_stats(rt.ctx)
-        d = _ms(ts)
-        d["graphs_built_per_call"] = round((b1[0] - b0[0]) / len(ts), 3)
-        d["graphs_reused_per_call"] = round((b1[1] - b0[1]) / len(ts), 3)
-        return d
-
-    res = {} if res is None else res
-    res.update(n_layer=rt.n_layer, n_past=n, reps=reps, drafts_per_cycle=DRAFTS_PER_CYCLE)
-    res["plain"] = phase("plain", one)
-    with rt.skipping(mask):
-        res["draft"] = phase("draft", one)
-    res["verify"] = phase("verify", verify)
-    res["cycle"] = phase("cycle", cycle)
-    ideal = DRAFTS_PER_CYCLE * res["draft"]["median_ms"] + res["verify"]["median_ms"]
-    res["ideal_cycle_ms"] = round(ideal, 4)
-    res["overhead"] = round(res["cycle"]["median_ms"] / ideal - 1.0, 4)
-    res["draft_over_plain"] = round(res["draft"]["median_ms"] / res["plain"]["median_ms"], 4)
-    res["verify_over_plain"] = round(res["verify"]["median_ms"] / res["plain"]["median_ms"], 4)
-    rt.remove(-1, 0, -1)
-    return res
-
-
 def run_switching(bench: Bench, name: str, path: Path, skip, reps: int, until: float) -> dict:
+    """benchmarks/switching.py's measurement on this device: graph cache on and off (when the library
+    can say), `reps` calls per call shape in blocks of SWITCH_BLOCK, up to `until`."""
+    from benchmarks.switching import line, measure_switching
     cache_fn = graph_cache_size_fn()
     variants = [("default", {"LLAMA_SWIFT_GRAPH_CACHE": None})]
     if cache_fn is not None:
         variants.append(("graph_cache_off", {"LLAMA_SWIFT_GRAPH_CACHE": "0"}))
     out = {"model": str(path), "skip": skip.to_json(), "skip_describe": skip.describe(),
            "graph_cache_symbol": cache_fn is not None}
-    for i, (label, env) in enumerate(variants):
-        share = time.time() + max(until - time.time(), 0.0) / (len(variants) - i)
-        res = out[label] = {}
-        llm = bench.make(path, spec="off", env=env)
-        try:
-            res["backend"] = llm.backend
-            measure_switching(llm, skip.mask(), reps, share, res)
+    llms = {}
+    try:
+        for label, env in variants:
+            llms[label] = bench.make(path, spec="off", env=env)
+        block = min(reps, SWITCH_BLOCK)
+        res = measure_switching(llms, skip.mask(), max(2, reps // block), block, until=until)
+        for label, r in res.items():
+            r["backend"] = llms[label].backend
             if cache_fn is not None:
-                res["graph_cache_size"] = int(cache_fn(llm.rt.ctx))
-        except Deadline:
-            res["cut"] = "deadline"
-            out["cut"] = f"deadline during {label}"
-            log(f"{name} [{label}]: cut by the deadline; kept phases {[k for k in res if isinstance(res[k], dict)]}")
-            return out
-        finally:
+                r["graph_cache_size"] = int(cache_fn(llms[label].rt.ctx))
+            out[label] = r
+            log(f"{name}" + line(f"[{label}]", r))
+    except Deadline:
+        out["cut"] = "deadline"
+        log(f"{name}: cut by the deadline")
+    finally:
+        for llm in llms.values():
             llm.close()
-        log(f"{name} [{label}]: plain {res['plain']['median_ms']:.3f} ms, draft {res['draft']['median_ms']:.3f} ms, "
-            f"verify(5) {res['verify']['median_ms']:.3f} ms, cycle {res['cycle']['median_ms']:.3f} ms "
-            f"(ideal {res['ideal_cycle_ms']:.3f}) -> overhead {res['overhead']:+.1%}; "
-            f"graphs built/cycle {res['cycle']['graphs_built_per_call']}")
     return out
 
 
