@@ -36,18 +36,19 @@ from swift_gguf.engine import SpecConfig, Stream
 
 
 class RunCosts:
-    """The run's measured costs (specbench.py's verify_costs) in the shape the drafters ask for."""
+    """The run's measured costs (specbench.py's verify_costs, read through its CostTable: the package's
+    one v(n) interpolator) in the shape the controller asks for: a v table per measured context,
+    the nearest one deciding, as the engine decides on per-bucket tables."""
 
     def __init__(self, verify_costs: dict):
-        self.ctxs = sorted(int(c) for c in verify_costs)
-        self.t1 = [verify_costs[str(c)]["t1"] for c in self.ctxs]
+        table = CostTable(verify_costs)
+        self.ctxs = table.ctxs
+        self.t1 = [table.plain_seconds(c) for c in self.ctxs]
         self.tables = []
         for c in self.ctxs:
-            pts = {1: 1.0, **{int(n): x for n, x in verify_costs[str(c)]["v"].items()}}
-            ns = sorted(pts)
-            table = np.interp(np.arange(V_MAX + 1), ns, [pts[n] for n in ns])
-            table[0] = 0.0
-            self.tables.append(table)
+            v = np.array([table.verify(n, c) for n in range(V_MAX + 1)])
+            v[0] = 0.0
+            self.tables.append(v)
 
     def _nearest(self, n_ctx: int) -> int:
         i = bisect.bisect_left(self.ctxs, n_ctx)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from benchmarks.run import model_path
 from swift_gguf.redundancy import inserted_layers
+from swift_gguf.costmodel import interpolate
 from swift_gguf.timing import CycleReplay, interleaved, time_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,12 +130,8 @@ def call_costs(local, remote, prompt_tokens, mask: bytes, ports: list[int]) -> d
 
 
 def _interp(points: dict, x: float) -> float:
-    pts = sorted((float(k), float(v)) for k, v in points.items())
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    (x0, y0), (x1, y1) = pts[-2], pts[-1]
-    return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
+    """costmodel.interpolate over a measured dict read back from JSON (string keys)."""
+    return interpolate({float(k): float(v) for k, v in points.items()}, x)
 
 
 def paper_model(costs: dict, bench: dict, round_trips: int) -> dict:

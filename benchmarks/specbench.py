@@ -58,11 +58,12 @@ import argparse
 import bisect
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from swift_gguf.costmodel import interpolate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -429,7 +430,7 @@ def _identical(reps: list | None, base_reps: list) -> bool:
 
 
 class CostTable:
-    """v(n) and the plain step time, interpolated linearly in n and in context length."""
+    """A run's measured v(n) and plain step time, interpolated linearly in n and in context length."""
 
     def __init__(self, measured: dict):
         self.ctxs = sorted(int(c) for c in measured)
@@ -452,13 +453,9 @@ class CostTable:
         return self._at(ctx, lambda i: self.t1[i])
 
     def verify(self, n: int, ctx: int) -> float:
-        def at(i):
-            pts = sorted(self.v[i].items())
-            for (n0, v0), (n1, v1) in zip(pts, pts[1:]):
-                if n <= n1:
-                    return v0 + (v1 - v0) * (n - n0) / (n1 - n0)
-            return pts[-1][1] * n / pts[-1][0]
-        return self._at(ctx, at)
+        """v(n) at ctx: the package's interpolator in n (costmodel.interpolate) at the measured
+        contexts around ctx, linear between them (the nearest one outside them)."""
+        return self._at(ctx, lambda i: interpolate(self.v[i], n))
 
 
 def oracle_cycles(prompt: list[int], out: list[int], costs: CostTable) -> tuple[float, float]:

@@ -28,7 +28,7 @@ row of a verification batch reads all of K and V), so v is looked up per bucket.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -162,7 +162,7 @@ class Costs:
 
     def verify(self, n: int) -> float:
         """The calibration's v(n), interpolated linearly between measured points (v(1) = 1)."""
-        return _interpolate({1: 1.0, **self.v}, n)
+        return interpolate({1: 1.0, **self.v}, n)
 
     def calibration_v(self) -> list[float]:
         """The calibration's v(n) for n = 0..V_MAX (what the search ranks skip sets with): computed
@@ -289,15 +289,19 @@ class Costs:
                    attn=float(d["attn"]), ffn=float(d["ffn"]), n_ctx=int(d.get("n_ctx", 0)))
 
 
-def _interpolate(points: dict[int, float], n: int) -> float:
+def interpolate(points: Mapping[float, float], x: float) -> float:
+    """The one interpolator of measured points (v(n) by batch size; the benchmarks' bytes per call):
+    linear between points, the first point's value at or below it, and beyond the last the last
+    segment continued (verification cost keeps growing with the batch: neither flat nor through
+    the origin). The engine's v tables, the search's ranking and every benchmark read v(n) through it."""
     pts = sorted(points.items())
-    if len(pts) == 1 or n <= pts[0][0]:
+    if len(pts) == 1 or x <= pts[0][0]:
         return pts[0][1]
     for (n0, v0), (n1, v1) in zip(pts, pts[1:]):
-        if n <= n1:
-            return v0 + (v1 - v0) * (n - n0) / (n1 - n0)
+        if x <= n1:
+            return v0 + (v1 - v0) * (x - n0) / (n1 - n0)
     (n0, v0), (n1, v1) = pts[-2], pts[-1]
-    return v1 + (v1 - v0) / (n1 - n0) * (n - n1)
+    return v1 + (v1 - v0) / (n1 - n0) * (x - n1)
 
 
 # -- the speedup model --------------------------------------------------------------------------
