@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         (opts.out / f"{name}.json").write_text(json.dumps(result, indent=1))
         s = result["summary"]
         print(f"== {name}: speedup {s['speedup_median']}x (min {s['speedup_min']}, max {s['speedup_max']}), "
-              f"aggregate {s['speedup_aggregate']}x, "
+              f"overall {s['speedup_overall']}x, "
               f"bound {s['bound']}, efficiency {s['efficiency']}, identical {s['identical_outputs']}",
               file=sys.stderr, flush=True)
     return 0

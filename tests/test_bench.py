@@ -27,7 +27,7 @@ def test_bench_runs_spec_bench_questions_every_turn(model_path, tmp_path):
     assert len(rows["81"]["turn_tokens"]) == 2 and min(rows["81"]["turn_tokens"]) > 0
     assert len(rows["201"]["turn_tokens"]) == 1
     summary = data["summary"]
-    assert summary["speedup_overall"] > 0 and summary["speedup_aggregate"] == summary["speedup_overall"]
+    assert summary["speedup_overall"] > 0 and "speedup_aggregate" not in summary   # one name for one ratio
     assert set(summary["by_category"]) == {"multi-turn conversation", "translation"}
     assert summary["identical_outputs"] is True
 
