@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.specbench import CostTable
+from benchmarks.oracle import CostTable
 from swift_gguf.controller import Controller
 from swift_gguf.costmodel import CALIBRATION_SIZES, MIN_LIVE, V_MAX, Costs, set_calibration
 from swift_gguf.drafters import LOOKUP, LookupDrafter

@@ -7,16 +7,20 @@ The full run (one command; peers first: `python3 -m benchmarks.peers`, ~20 min, 
     .venv/bin/python -m benchmarks.specbench --model gemma3-270m      # ~90 min
     .venv/bin/python -m benchmarks.report                              # tables into BENCHMARKS.md
 
-Smoke run (1 question per category, 1 repetition; numbers meaningless on a shared CPU):
+Smoke run (1 question per category, 1 repetition; numbers meaningless on a shared CPU; without
+the peers built, add --drop baseline --drop lookup --drop server: every ratio is then against `off`):
 
     .venv/bin/python -m benchmarks.specbench --per-category 1 --reps 1 --out /tmp/smoke.json
 
 Questions: benchmarks/data/spec-bench/questions.jsonl (its README), `--per-category` of each of
 the six Spec-Bench categories (evenly spaced through the category, so multi-turn spans MT-bench's
-sub-categories). Multi-turn questions run both turns: each arm's own first answer is appended to
-the conversation before the second turn, as Spec-Bench does. Greedy, `--max-tokens` per turn.
-Prompts: the model's chat template; a model without one (Gemma 3 270M is a base model) gets
-"Question: <turn>\\nAnswer:" (and " <answer>\\n" after each answered turn), for every arm alike.
+sub-categories; the package's loader, swift_gguf.optimize.spec_bench_questions). Multi-turn
+questions run both turns: each arm's own first answer is appended to the conversation before the
+second turn, as Spec-Bench does (and `swift-gguf bench`, swift_gguf/bench.py). Greedy,
+`--max-tokens` per turn. Prompts (swift_gguf.template.conversation_renderer, in every worker): the
+model's chat template as create_chat_completion applies it; a model without one (Gemma 3 270M is
+a base model) gets "Question: <turn>\\nAnswer:" (and " <answer>\\n" after each answered turn), for
+every arm alike.
 
 Arms, each a long-lived worker process (benchmarks/specbench_worker.py, model loaded once),
 run one after the other on each question, the order rotating per question and repetition
@@ -55,7 +59,6 @@ Efficiency = an arm's speedup / the oracle's; the "auto / off" row is speculatio
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import subprocess
@@ -63,20 +66,19 @@ import sys
 import time
 from pathlib import Path
 
-from swift_gguf.costmodel import interpolate
+from benchmarks.oracle import OracleError, oracle_bound
+from swift_gguf.optimize import SPEC_BENCH_CATEGORIES, spec_bench_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 
 QUESTIONS = ROOT / "benchmarks" / "data" / "spec-bench" / "questions.jsonl"   # Apache-2.0, see its README
 RESULTS = ROOT / "benchmarks" / "results"
 WORKER = "benchmarks.specbench_worker"   # run as a module from the repository root (either interpreter)
-# Spec-Bench's own column order and its leaderboard's column titles
-CATEGORIES = ["multi-turn conversation", "translation", "summarization", "question answering",
-              "mathematical reasoning", "retrieval-augmented generation"]
+# Spec-Bench's own column order (the package's loader) and its leaderboard's column titles
+CATEGORIES = list(SPEC_BENCH_CATEGORIES)
 COLUMN_TITLES = ["Multi-turn Conversation", "Translation", "Summarization", "Question Answering",
                  "Mathematical Reasoning", "Retrieval-aug. Generation"]
 COST_SIZES = (2, 3, 4, 5, 7, 9, 13, 17)
-ORACLE_DRAFT_MAX = 16
 
 
 class BenchError(RuntimeError):
@@ -90,28 +92,16 @@ def say(msg: str) -> None:
 # -- questions -----------------------------------------------------------------------------------
 
 def load_questions(path: Path, per_category: int) -> list[dict]:
-    """`per_category` questions of each Spec-Bench category, evenly spaced through it."""
-    if not path.is_file():
-        raise BenchError(f"no Spec-Bench questions at {path}.\nFix: pass --questions PATH "
-                         "(questions.jsonl with question_id, category, turns).")
-    by_cat: dict[str, list[dict]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            q = json.loads(line)
-            by_cat.setdefault(q.get("spec_bench_category") or q["category"], []).append(q)
-    missing = [c for c in CATEGORIES if c not in by_cat]
-    if missing:
-        raise BenchError(f"{path} has no questions of {', '.join(missing)}.\n"
-                         "Fix: use Spec-Bench's file with the spec_bench_category field (benchmarks/data/spec-bench).")
-    out = []
-    for cat in CATEGORIES:
-        qs = by_cat[cat]
-        n = min(per_category, len(qs))
-        for i in range(n):
-            q = dict(qs[i * len(qs) // n])
-            q["column"] = cat
-            out.append(q)
-    return out
+    """`per_category` questions of each Spec-Bench category, evenly spaced through it (the package's
+    loader, swift_gguf.optimize.spec_bench_questions): question_id, category (the question's own),
+    column (Spec-Bench's), turns."""
+    from swift_gguf.errors import SwiftGGUFError
+    try:
+        rows = spec_bench_questions(path, per_category)
+    except SwiftGGUFError as e:
+        raise BenchError(str(e)) from None
+    return [{"question_id": r["question_id"], "category": r["source_category"], "column": r["category"],
+             "turns": r["turns"]} for r in rows]
 
 
 # -- arms ------------------------------------------------------------------------------------------
@@ -190,10 +180,12 @@ def peer_paths() -> tuple[Path, Path]:
 
 def start_arms(opts, model: str, log_dir: Path, server_spec: str | None) -> list[Worker]:
     lcp, server = peer_paths()
-    need = [p for p, used in ((lcp, True), (server, server_spec is not None)) if used and not p.exists()]
+    peers = {"baseline", "lookup"} - set(opts.drop)
+    need = [p for p, used in ((lcp, bool(peers)), (server, server_spec is not None)) if used and not p.exists()]
     if need:
         raise BenchError(f"the unpatched peers are not built ({', '.join(map(str, need))} missing).\n"
-                         "Fix: python3 -m benchmarks.peers (about 20 minutes on 2 cores, once).")
+                         "Fix: python3 -m benchmarks.peers (about 20 minutes on 2 cores, once); or, for a "
+                         "smoke run, --drop baseline --drop lookup --drop server.")
     base = {"model": model, "n_ctx": opts.ctx, "threads": opts.threads, "format": opts.format}
     plan = [("baseline", "llama-cpp-python (unpatched, plain)", str(lcp), {"kind": "lcp"}),
             ("off", "swift-gguf off", sys.executable, {"kind": "swift", "kwargs": {"spec": "off"}}),
@@ -209,7 +201,7 @@ def start_arms(opts, model: str, log_dir: Path, server_spec: str | None) -> list
     names = [p[0] for p in plan]
     if len(set(names)) != len(names):
         raise BenchError(f"two arms share a name ({', '.join(names)}); give --arm a unique NAME")
-    plan = [p for p in plan if p[0] not in opts.drop or p[0] in ("baseline", "off")]
+    plan = [p for p in plan if p[0] not in opts.drop or p[0] == "off"]
     workers = []
     try:
         for name, label, python, cfg in plan:
@@ -257,7 +249,7 @@ def pick_server_spec(opts, model: str, questions: list[dict], log_dir: Path) -> 
         finally:
             w.close()
     best = max(speeds, key=speeds.get)
-    say(f"  llama-server spec types, tokens/s on the selection: "
+    say("  llama-server spec types, tokens/s on the selection: "
         + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()) + f" -> {best}")
     return best, {"questions": [q["question_id"] for q in firsts], "tokens_per_second": speeds, "chosen": best}
 
@@ -289,7 +281,7 @@ def run(opts) -> dict:
                 k = (qi + rep) % len(workers)
                 for w in workers[k:] + workers[:k]:
                     res = w.ask({"op": "run", "turns": q["turns"], "max_tokens": opts.max_tokens,
-                                 "return_prompt": w.name == "baseline" and rep == 0})
+                                 "return_prompt": w.name == base_arm(raw) and rep == 0})
                     raw[w.name].setdefault(str(q["question_id"]), []).append(res["turns"])
                     done += 1
                 el = time.monotonic() - start
@@ -297,7 +289,7 @@ def run(opts) -> dict:
                     + " ".join(f"{w.name} {_tps(raw[w.name][str(q['question_id'])][-1]):.0f}" for w in workers)
                     + f" tok/s; {el / 60:.1f} min, ~{el / done * (total - done) / 60:.0f} min left")
         off = next(w for w in workers if w.name == "off")
-        contexts = cost_contexts(raw["baseline"], opts.ctx)
+        contexts = cost_contexts(raw[base_arm(raw)], opts.ctx)
         say(f"  measuring v(n) at contexts {contexts} (swift-gguf off worker)")
         costs = off.ask({"op": "costs", "contexts": contexts, "sizes": list(COST_SIZES), "reps": 3})["costs"]
         infos = {w.name: {"label": w.label, "kind": w.cfg["kind"], "kwargs": w.cfg.get("kwargs", {}),
@@ -357,12 +349,19 @@ def _cpu_name() -> str:
 
 # -- analysis -----------------------------------------------------------------------------------------
 
+def base_arm(raw: dict) -> str:
+    """The arm every ratio is taken against: the unpatched baseline, or `off` where it was dropped
+    (a smoke run without the peers)."""
+    return "baseline" if "baseline" in raw else "off"
+
+
 def summarize(result: dict) -> dict:
     """Per arm: speedup per category and overall, mean accepted, identical outputs; the oracle."""
     cat_of = {str(q["question_id"]): q["column"] for q in result["questions"]}
     raw = result["raw"]
-    base = raw["baseline"]
+    base = raw[base_arm(raw)]
     speeds = {arm: _speeds(runs, cat_of) for arm, runs in raw.items()}
+    ref = speeds[base_arm(raw)]
     n_reps = min(len(reps) for reps in base.values())
     rows = {}
     for arm, runs in raw.items():
@@ -373,8 +372,8 @@ def summarize(result: dict) -> dict:
         drafted = sum(s.get("drafted", 0) for s in spec)
         rows[arm] = {
             "label": result["arms"][arm]["label"],
-            "speedup": {c: _ratio(sp["by_cat"].get(c), speeds["baseline"]["by_cat"].get(c)) for c in CATEGORIES},
-            "speedup_overall": _ratio(sp["overall"], speeds["baseline"]["overall"]),
+            "speedup": {c: _ratio(sp["by_cat"].get(c), ref["by_cat"].get(c)) for c in CATEGORIES},
+            "speedup_overall": _ratio(sp["overall"], ref["overall"]),
             # the same ratio within each repetition: its spread is the run's noise
             "speedup_overall_by_rep": [_ratio(_speeds(_rep(runs, k), cat_of)["overall"],
                                               _speeds(_rep(base, k), cat_of)["overall"]) for k in range(n_reps)],
@@ -387,7 +386,7 @@ def summarize(result: dict) -> dict:
             "questions": len(base),
             "prompt_seconds": round(sum(t["prompt_s"] for reps in runs.values() for turns in reps for t in turns), 3),
         }
-    oracle = oracle_bound(result)
+    oracle = oracle_bound(result, base_arm(raw))
     if "off" in rows:   # on the baseline's footing: swift-gguf's own plain decoding times the oracle's gain
         _scale_oracle(oracle, rows["off"])
     for arm, row in rows.items():
@@ -427,109 +426,6 @@ def _identical(reps: list | None, base_reps: list) -> bool:
         return False
     ref = _answers(base_reps[0])
     return all(_answers(turns) == ref for turns in reps)
-
-
-class CostTable:
-    """A run's measured v(n) and plain step time, interpolated linearly in n and in context length."""
-
-    def __init__(self, measured: dict):
-        self.ctxs = sorted(int(c) for c in measured)
-        if not self.ctxs:
-            raise BenchError("no verification costs were measured (the contexts did not fit in --ctx)")
-        self.t1 = [measured[str(c)]["t1"] for c in self.ctxs]
-        self.v = [{1: 1.0, **{int(n): x for n, x in measured[str(c)]["v"].items()}} for c in self.ctxs]
-
-    def _at(self, ctx: int, f) -> float:
-        i = bisect.bisect_left(self.ctxs, ctx)
-        if i == 0:
-            return f(0)
-        if i >= len(self.ctxs):
-            return f(len(self.ctxs) - 1)
-        c0, c1 = self.ctxs[i - 1], self.ctxs[i]
-        w = (ctx - c0) / (c1 - c0)
-        return (1 - w) * f(i - 1) + w * f(i)
-
-    def plain_seconds(self, ctx: int) -> float:
-        return self._at(ctx, lambda i: self.t1[i])
-
-    def verify(self, n: int, ctx: int) -> float:
-        """v(n) at ctx: the package's interpolator in n (costmodel.interpolate) at the measured
-        contexts around ctx, linear between them (the nearest one outside them)."""
-        return self._at(ctx, lambda i: interpolate(self.v[i], n))
-
-
-def oracle_cycles(prompt: list[int], out: list[int], costs: CostTable) -> tuple[float, float]:
-    """(plain seconds, oracle seconds) to generate out[1:] after prompt (out[0] comes from the prompt)."""
-    seq = list(prompt) + list(out)
-    index = NgramIndex(seq)
-    p = len(prompt)
-    plain = oracle = 0.0
-    i = 1
-    while i < len(out):
-        ctx = p + i
-        run = min(index.best_run(ctx, ORACLE_DRAFT_MAX), len(out) - 1 - i)
-        best_d, best_rate = 0, 1.0
-        for d in range(1, run + 1):
-            rate = (d + 1) / costs.verify(d + 1, ctx)
-            if rate > best_rate:
-                best_d, best_rate = d, rate
-        t1 = costs.plain_seconds(ctx)
-        if best_d:
-            oracle += costs.verify(best_d + 1, ctx) * t1
-            plain += sum(costs.plain_seconds(ctx + k) for k in range(best_d + 1))
-            i += best_d + 1
-        else:
-            oracle += t1
-            plain += t1
-            i += 1
-    return plain, oracle
-
-
-class NgramIndex:
-    """Start positions of every 1-, 2- and 3-gram of a token sequence."""
-
-    def __init__(self, seq: list[int]):
-        self.seq = seq
-        self.pos: dict[tuple, list[int]] = {}
-        for g in (1, 2, 3):
-            for j in range(len(seq) - g + 1):
-                self.pos.setdefault(tuple(seq[j:j + g]), []).append(j)
-
-    def best_run(self, ctx: int, cap: int) -> int:
-        """With seq[:ctx] known: the longest agreement with seq[ctx:] (at most cap) of the text after
-        an earlier occurrence of the longest (3, 2, 1)-gram that ends seq[:ctx]."""
-        seq = self.seq
-        for g in (3, 2, 1):
-            if ctx <= g:
-                continue
-            starts = self.pos.get(tuple(seq[ctx - g:ctx]), [])
-            earlier = starts[:bisect.bisect_left(starts, ctx - g)]
-            if earlier:
-                best = 0
-                for j in earlier:
-                    k = 0
-                    while k < cap and j + g + k < ctx and ctx + k < len(seq) and seq[j + g + k] == seq[ctx + k]:
-                        k += 1
-                    best = max(best, k)
-                return best
-        return 0
-
-
-def oracle_bound(result: dict) -> dict:
-    costs = CostTable(result["verify_costs"])
-    cat_of = {str(q["question_id"]): q["column"] for q in result["questions"]}
-    plain, orc = {}, {}
-    for qid, reps in result["raw"]["baseline"].items():
-        c = cat_of[qid]
-        for t in reps[0]:
-            a, b = oracle_cycles(t["prompt"], t["tokens"], costs)
-            plain[c] = plain.get(c, 0.0) + a
-            orc[c] = orc.get(c, 0.0) + b
-    return {"speedup": {c: round(plain[c] / orc[c], 4) for c in plain if orc[c] > 0},
-            "speedup_overall": round(sum(plain.values()) / sum(orc.values()), 4) if sum(orc.values()) else None,
-            "draft_max": ORACLE_DRAFT_MAX,
-            "definition": "longest 3..1-gram match over prompt + output, best occurrence, drafts d <= accepted run "
-                          "maximising (d+1)/v(d+1); costs from this run"}
 
 
 def _scale_oracle(oracle: dict, off: dict) -> None:
@@ -612,15 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-candidates", default="ngram-simple,ngram-mod")
     ap.add_argument("--server-args", default="", help="extra llama-server arguments, e.g. '--spec-ngram-simple-size-n 3'")
     ap.add_argument("--lookup-tokens", type=int, default=10, help="LlamaPromptLookupDecoding's num_pred_tokens")
-    ap.add_argument("--drop", action="append", default=[], choices=["auto", "server", "lookup"],
-                    help="leave an arm out (repeatable)")
+    ap.add_argument("--drop", action="append", default=[], choices=["baseline", "auto", "server", "lookup"],
+                    help="leave an arm out (repeatable); without the baseline (a smoke run without the "
+                         "peers) every ratio is against `off`")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/specbench-<model>-<date>.json)")
     opts = ap.parse_args(argv)
     if opts.per_category < 1 or opts.reps < 1 or opts.max_tokens < 2:
         ap.error("--per-category and --reps must be at least 1, --max-tokens at least 2")
     try:
         result = run(opts)
-    except BenchError as e:
+    except (BenchError, OracleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     name = Path(opts.model).stem if opts.model.endswith(".gguf") else opts.model

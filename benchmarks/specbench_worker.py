@@ -5,8 +5,10 @@ Started by benchmarks/specbench.py (`python -m benchmarks.specbench_worker CONFI
 repository root), never by hand. It runs under either interpreter:
 the repository's .venv (swift-gguf arms, patched llama.cpp) or the unpatched peer venv
 (benchmarks/peers.py: plain llama-cpp-python, its prompt-lookup drafter, and the adapter that
-drives llama.cpp's llama-server). So it imports only llama_cpp and the standard library, plus
-swift_gguf for swift arms.
+drives llama.cpp's llama-server). So it imports llama_cpp, the standard library and the parts of
+swift_gguf that work on any llama_cpp (its chat template, run from this checkout: the worker runs
+from the repository root), plus SwiftLlama for swift arms. Prompts: swift_gguf.template's
+conversation_renderer, the same tokens for every arm.
 
 Protocol: the first argument is a JSON object {"kind", "model", "n_ctx", "threads", "format",
 "kwargs", ...}; the worker prints {"ready": ...} once loaded, then for each request line
@@ -30,31 +32,7 @@ import statistics
 import sys
 import time
 
-PLAIN_QUESTION, PLAIN_ANSWER = "Question: ", "Answer:"
-
-
-def render(llm, messages: list[dict], fmt: str) -> list[int]:
-    """The conversation so far as prompt tokens, ending where the assistant's answer starts.
-
-    "chat": the model's own chat template (Jinja, as llama-cpp-python and swift-gguf apply it);
-    "plain" (base models): "Question: ...\\nAnswer: ...\\n" per turn, ending in "Answer:".
-    """
-    if fmt == "auto":
-        fmt = "chat" if llm.metadata.get("tokenizer.chat_template") else "plain"
-    if fmt == "plain":
-        text = ""
-        for m in messages:
-            if m["role"] == "user":
-                text += f"{PLAIN_QUESTION}{m['content'].strip()}\n{PLAIN_ANSWER}"
-            else:
-                text += f" {m['content'].strip()}\n"
-        return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-    template = llm.metadata["tokenizer.chat_template"]
-    eos = llm.detokenize([llm.token_eos()]).decode("utf-8", errors="ignore")
-    bos = llm.detokenize([llm.token_bos()]).decode("utf-8", errors="ignore")
-    text = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt
-    return llm.tokenize(text.encode("utf-8"), add_bos=not text.startswith(bos) or not bos, special=True)
+from swift_gguf.template import conversation_renderer
 
 
 def answer_text(llm, ids: list[int]) -> str:
@@ -118,6 +96,7 @@ class InProcess:
                 kwargs.setdefault("logits_all", True)
             self.llm = llama_cpp.Llama(cfg["model"], **common, **kwargs)
         self.swift = cfg["kind"] == "swift"
+        self.render = conversation_renderer(self.llm, self.fmt)
 
     def info(self) -> dict:
         import llama_cpp
@@ -205,6 +184,7 @@ class Server:
         self.fmt = cfg["format"]
         # the vocabulary alone, to render and tokenize exactly as the in-process arms do
         self.llm = llama_cpp.Llama(cfg["model"], vocab_only=True, verbose=False)
+        self.render = conversation_renderer(self.llm, self.fmt)
         self.log = open(cfg["log"], "w")
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -299,7 +279,7 @@ def run_conversation(arm, turns: list[str], max_tokens: int, return_prompt: bool
     out = []
     for turn in turns:
         messages.append({"role": "user", "content": turn})
-        tokens = render(arm.llm, messages, arm.fmt)
+        tokens = arm.render(messages)
         r = arm.generate(tokens, max_tokens)
         r["prompt_tokens"] = len(tokens)
         r["answer"] = [t for t in r["tokens"] if not is_eog(arm.llm, t)]   # what identity compares

@@ -64,9 +64,36 @@ def _spec_bench_row(row: dict, source: str, lineno: int) -> dict:
         raise SwiftGGUFError(f"{source}, line {lineno}: \"turns\" must be a list of non-empty strings.\n"
                              'Fix: e.g. {"question_id": 1, "category": "qa", "turns": ["Who wrote Hamlet?"]}.')
     out = {"prompt": turns[0], "turns": turns,
-           "category": str(row.get("spec_bench_category") or row.get("category") or "")}
+           "category": str(row.get("spec_bench_category") or row.get("category") or ""),
+           "source_category": str(row.get("category") or "")}   # the question's own (MT-bench's "writing", ...)
     if "question_id" in row:
         out["id"] = str(row["question_id"])
+        out["question_id"] = row["question_id"]
+    return out
+
+
+# Spec-Bench's categories (its "spec_bench_category"), in its own column order
+SPEC_BENCH_CATEGORIES = ("multi-turn conversation", "translation", "summarization", "question answering",
+                         "mathematical reasoning", "retrieval-augmented generation")
+
+
+def spec_bench_questions(path: str | Path, per_category: int | None = None) -> list[dict]:
+    """The one Spec-Bench loader: load_prompts' rows of a Spec-Bench questions file (category:
+    Spec-Bench's column; question_id and source_category kept), `per_category` of each of its six
+    categories evenly spaced through the category (so multi-turn spans MT-bench's sub-categories;
+    None: all), in Spec-Bench's column order."""
+    by_cat: dict[str, list[dict]] = {}
+    for row in load_prompts(str(path)):
+        by_cat.setdefault(row["category"], []).append(row)
+    missing = [c for c in SPEC_BENCH_CATEGORIES if c not in by_cat]
+    if missing:
+        raise SwiftGGUFError(f"{path} has no questions of {', '.join(missing)}.\n"
+                             "Fix: use Spec-Bench's file with the spec_bench_category field (benchmarks/data/spec-bench).")
+    out = []
+    for cat in SPEC_BENCH_CATEGORIES:
+        qs = by_cat[cat]
+        n = len(qs) if per_category is None else min(per_category, len(qs))
+        out += [qs[i * len(qs) // n] for i in range(n)]
     return out
 
 

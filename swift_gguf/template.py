@@ -5,11 +5,18 @@ vocabulary texts of the BOS and EOS tokens, and its chat handler tokenizes the r
 with ``add_bos=False`` (the formatter reports ``added_special``: the template decides about
 BOS) and ``special=True``. Doing the same here makes `swift-gguf chat`, ``generate
 --chat-template`` and the benchmarks feed the model the tokens ``create_chat_completion`` feeds it.
-Works on any `llama_cpp.Llama` (SwiftLlama included).
+Works on any `llama_cpp.Llama` (SwiftLlama included, and the unpatched peers of benchmarks/).
+
+`conversation_renderer` is the benchmarks' one way from a conversation to prompt tokens: the
+template, or for a model without one (a base model) "Question: ...\nAnswer:" turns.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from .errors import SwiftGGUFError
+
+PLAIN_QUESTION, PLAIN_ANSWER = "Question: ", "Answer:"
 
 
 def vocab_text(llm, token: int) -> str:
@@ -61,3 +68,28 @@ class ChatTemplate:
         """True for end-of-generation tokens and tokens spelling an end-of-turn marker."""
         from llama_cpp import llama_cpp as C
         return bool(C.llama_vocab_is_eog(self._vocab, token)) or _piece(self.llm, token) in self.stops
+
+
+def qa_text(messages: list[dict]) -> str:
+    """A conversation as a base model reads one: "Question: <turn>\nAnswer:" per question and
+    " <answer>\n" after each answered one, ending where the next answer starts."""
+    text = ""
+    for m in messages:
+        if m["role"] == "user":
+            text += f"{PLAIN_QUESTION}{m['content'].strip()}\n{PLAIN_ANSWER}"
+        else:
+            text += f" {m['content'].strip()}\n"
+    return text
+
+
+def conversation_renderer(llm, fmt: str = "auto") -> Callable[[list[dict]], list[int]]:
+    """messages -> prompt tokens ending where the assistant's answer starts: "chat", the model's own
+    template as create_chat_completion applies it (ChatTemplate.tokens); "plain", qa_text with BOS;
+    "auto", chat where the model has a template."""
+    if fmt == "auto":
+        fmt = "chat" if llm.metadata.get("tokenizer.chat_template") else "plain"
+    if fmt == "chat":
+        return ChatTemplate(llm, fix="use --format plain (Question/Answer turns) for a base model.").tokens
+    if fmt != "plain":
+        raise ValueError(f"unknown prompt format {fmt!r}; use auto, chat or plain")
+    return lambda messages: llm.tokenize(qa_text(messages).encode("utf-8"), add_bos=True, special=False)

@@ -9,7 +9,6 @@ a rejection; same-seed sampling with lookup drafts is plain sampling token for t
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -416,8 +415,9 @@ def llm(model_path):
 
 
 def spec_bench(category: str, n: int) -> list[str]:
-    rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
-    return [r["turns"][0] for r in rows if r["category"] == category][:n]
+    """The first turns of the first n Spec-Bench questions of a (question's own) category."""
+    from swift_gguf.optimize import spec_bench_questions
+    return [q["prompt"] for q in spec_bench_questions(SPEC_BENCH) if q["source_category"] == category][:n]
 
 
 @pytest.fixture(scope="module")

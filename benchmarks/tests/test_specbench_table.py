@@ -51,3 +51,13 @@ def test_table_shows_speculations_own_gain():
     assert cells[1:7] == ["1.20×"] * 6 and cells[8] == "1.20×"
     (off,) = [ln for ln in lines if ln.startswith("| swift-gguf off")]
     assert "1.50×" in off
+
+
+def test_without_the_baseline_every_ratio_is_against_off():
+    """A smoke run without the unpatched peers (--drop baseline): `off` stands in as the base."""
+    r = run(1.5, 1.8)
+    del r["raw"]["baseline"], r["arms"]["baseline"]
+    t = specbench.summarize(r)
+    assert t["rows"]["off"]["speedup_overall"] == 1.0
+    assert t["rows"]["auto"]["speedup_overall"] == pytest.approx(1.2, rel=1e-3)
+    assert t["oracle"]["speedup_overall"] == pytest.approx(specbench.summarize(run(1.0, 1.2))["oracle"]["speedup_overall"])
