@@ -40,10 +40,9 @@ def load(model: str, servers: str | None = None, ngl: int = 0, **kw) -> SwiftLla
 
 
 def generate(llm: SwiftLlama, prompt: str, mode: str, skip: SkipSet | None = None, n: int = N_TOKENS) -> list[int]:
-    cfg = llm.engine.config
-    cfg.mode, cfg.skip, cfg.draft_max = mode, skip, (4 if skip is not None else None)
-    llm.reset()
-    return [t.id for t in llm.generate_tokens(prompt, llm.sampling_params(temp=0.0), max_tokens=n)]
+    with llm.speculation(mode, skip=skip, draft_max=4 if skip is not None else None):
+        llm.reset()
+        return [t.id for t in llm.generate_tokens(prompt, llm.sampling_params(temp=0.0), max_tokens=n)]
 
 
 def emit(**values) -> None:

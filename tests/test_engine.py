@@ -34,10 +34,9 @@ def prompts(llm, bench_prompts):
 
 
 def run(llm, tokens, *, mode, skip=None, draft_max=None, params=None, n=N_TOKENS):
-    cfg = llm.engine.config
-    cfg.mode, cfg.skip, cfg.draft_max = mode, skip, draft_max
-    llm.reset()
-    return [t.id for t in llm.generate_tokens(tokens, params or SamplingParams(), max_tokens=n)]
+    with llm.speculation(mode, skip=skip, draft_max=draft_max):
+        llm.reset()
+        return [t.id for t in llm.generate_tokens(tokens, params or SamplingParams(), max_tokens=n)]
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +112,9 @@ def test_auto_greedy_equals_plain(llm, prompts, plain):
 def test_token_provenance(llm, prompts, plain):
     """With an empty skip set every drafted token is accepted: tokens say they came from drafts."""
     toks = next(iter(prompts.values()))
-    cfg = llm.engine.config
-    cfg.mode, cfg.skip, cfg.draft_max = "swift", SkipSet(N_LAYER), 4
-    llm.reset()
-    got = list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
+    with llm.speculation("swift", skip=SkipSet(N_LAYER), draft_max=4):
+        llm.reset()
+        got = list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
     assert [t.id for t in got] == plain[next(iter(prompts))][:32]
     assert got[0].from_draft is False                  # the first token comes from the prompt's logits
     assert sum(t.from_draft for t in got) == llm.last_stats.accepted > 0
@@ -126,8 +124,11 @@ def test_token_provenance(llm, prompts, plain):
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
 def test_interrupt_leaves_no_mask_and_next_generation_is_lossless(llm, prompts, plain, monkeypatch, where, exc):
     pid, toks = next(iter(prompts.items()))
-    cfg = llm.engine.config
-    cfg.mode, cfg.skip, cfg.draft_max = "swift", RANDOM, 4
+    with llm.speculation("swift", skip=RANDOM, draft_max=4):
+        _interrupt_and_resume(llm, toks, plain[pid], monkeypatch, where, exc)
+
+
+def _interrupt_and_resume(llm, toks, want, monkeypatch, where, exc):
     rt = llm.rt
     real_decode = rt.decode
     calls = {"n": 0}
@@ -149,7 +150,7 @@ def test_interrupt_leaves_no_mask_and_next_generation_is_lossless(llm, prompts, 
     assert rt.current_mask() == b""
     # no llm.reset(): the next request must repair the KV cache by itself
     out = [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS)]
-    assert out == plain[pid]
+    assert out == want
 
 
 def test_plain_generations_do_not_fund_the_search(llm, prompts):
@@ -157,50 +158,41 @@ def test_plain_generations_do_not_fund_the_search(llm, prompts):
     ("off") requests interleaved with auto ones (as in a benchmark) must not enlarge it."""
     llm.engine.search.reset()
     toks = next(iter(prompts.values()))
-    cfg = llm.engine.config
-    cfg.mode, cfg.skip, cfg.draft_max = "off", None, None
     before = llm.engine.pacer.gen_time
     for _ in range(2):
-        llm.reset()
-        list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
+        run(llm, toks, mode="off", n=32)
     assert llm.engine.pacer.gen_time == before and llm.engine.search.state.probes == 0
-    cfg.mode = "auto"
-    llm.reset()
-    list(llm.generate_tokens(toks, SamplingParams(), max_tokens=32))
+    run(llm, toks, mode="auto", n=32)
     assert llm.engine.pacer.gen_time > before
 
 
 def test_stopping_early_keeps_the_cache_consistent(llm, prompts, plain):
     """A consumer that stops mid-cycle (stop sequence, max_tokens) leaves a usable cache."""
     pid, toks = next(iter(prompts.items()))
-    cfg = llm.engine.config
-    cfg.mode, cfg.skip, cfg.draft_max = "swift", SkipSet(N_LAYER), 8
-    llm.reset()
-    gen = llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS)
-    first = [next(gen).id for _ in range(7)]
-    gen.close()
-    assert first == plain[pid][:7]
-    # continue from the prompt plus what was consumed: prefix reuse must be exact
-    out = [t.id for t in llm.generate_tokens(toks + first, SamplingParams(), max_tokens=N_TOKENS - 7)]
+    with llm.speculation("swift", skip=SkipSet(N_LAYER), draft_max=8):
+        llm.reset()
+        gen = llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS)
+        first = [next(gen).id for _ in range(7)]
+        gen.close()
+        assert first == plain[pid][:7]
+        # continue from the prompt plus what was consumed: prefix reuse must be exact
+        out = [t.id for t in llm.generate_tokens(toks + first, SamplingParams(), max_tokens=N_TOKENS - 7)]
     assert out == plain[pid][7:]
 
 
 def test_fixture_with_inserted_blocks_skipped_accepts_everything(fixture_k1, bench_prompts):
     from swift_gguf.redundancy import inserted_layers
-    llm = SwiftLlama(str(fixture_k1), n_ctx=1024, spec="swift", profile=None, draft_max=8, draft_p_min=1e-6)
+    ins = [il for il in inserted_layers(30, 1) if il < 59]
+    llm = SwiftLlama(str(fixture_k1), n_ctx=1024, spec="swift", profile=None, draft_max=8, draft_p_min=1e-6,
+                     skip=SkipSet.from_lists(60, attention=ins, ffn=ins))
     try:
-        ins = [il for il in inserted_layers(30, 1) if il < 59]
-        llm.engine.config.skip = SkipSet.from_lists(60, attention=ins, ffn=ins)
         for p in bench_prompts[::12]:   # chat, math
             toks = render_prompt(llm, p["prompt"], True)
             llm.reset()
             out = [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=64)]
             st = llm.last_stats
             assert st.drafted > 0 and st.accepted == st.drafted, st.summary()
-            llm.engine.config.mode = "off"
-            llm.reset()
-            assert out == [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=64)]
-            llm.engine.config.mode = "swift"
+            assert out == run(llm, toks, mode="off", n=64)
     finally:
         llm.close()
 
@@ -229,8 +221,6 @@ def test_auto_speculates_where_it_pays_fixture_k3(fixture_k3, bench_prompts):
         # is accepted (auto may also take prompt-lookup drafts, which can be rejected)
         skip_drafts = stats.drafters.get("layer-skip", {})
         assert skip_drafts.get("drafted", 0) > 0 and skip_drafts["accepted"] == skip_drafts["drafted"], stats.drafters
-        llm.engine.config.mode = "off"
-        llm.reset()
-        assert out == [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=64)]
+        assert out == run(llm, toks, mode="off", n=64)
     finally:
         llm.close()

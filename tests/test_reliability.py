@@ -274,10 +274,10 @@ def prop_llm(model_path):
 def test_swift_equals_plain_on_random_prompts(prop_llm, prompt):
     out = {}
     for mode in ("off", "swift"):
-        prop_llm.engine.config.mode = mode
-        prop_llm.reset()
-        out[mode] = [t.id for t in prop_llm.generate_tokens(prompt, prop_llm.sampling_params(temp=0.0),
-                                                            max_tokens=12)]
+        with prop_llm.speculation(mode):
+            prop_llm.reset()
+            out[mode] = [t.id for t in prop_llm.generate_tokens(prompt, prop_llm.sampling_params(temp=0.0),
+                                                                max_tokens=12)]
         assert prop_llm.last_stats.mode_used == ("plain" if mode == "off" else "swift") or len(out[mode]) <= 1
     assert out["swift"] == out["off"]
 

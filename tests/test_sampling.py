@@ -34,14 +34,13 @@ def llm(model_path):
 
 
 def samples(llm, mode, *, skip=None, temp=1.0, n=N, length=3, seed0=0):
-    cfg = llm.engine.config
-    cfg.mode, cfg.skip, cfg.draft_max = mode, skip, 4
     rows, drafted, accepted = [], 0, 0
-    for i in range(n):
-        params = SamplingParams(temperature=temp, top_k=40, top_p=0.95, min_p=0.05, seed=seed0 + i)
-        rows.append(tuple(t.id for t in llm.generate_tokens(PROMPT, params, max_tokens=length)))
-        drafted += llm.last_stats.drafted
-        accepted += llm.last_stats.accepted
+    with llm.speculation(mode, skip=skip, draft_max=4):
+        for i in range(n):
+            params = SamplingParams(temperature=temp, top_k=40, top_p=0.95, min_p=0.05, seed=seed0 + i)
+            rows.append(tuple(t.id for t in llm.generate_tokens(PROMPT, params, max_tokens=length)))
+            drafted += llm.last_stats.drafted
+            accepted += llm.last_stats.accepted
     return rows, drafted, accepted
 
 

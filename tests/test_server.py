@@ -38,9 +38,11 @@ def llm(model_path):
     # A fixed skip set (no search) makes "swift" really draft from the first request, so greedy
     # equality is checked through speculation; it also spares the search's time on two cores.
     model = SwiftLlama(str(model_path), n_ctx=1024, profile=None, verbose=False)
-    model.engine.config.skip = SkipSet.from_lists(model.rt.n_layer, attention=range(8, 22))
-    yield model
-    model.close()
+    try:
+        with model.speculation(skip=SkipSet.from_lists(model.rt.n_layer, attention=range(8, 22))):
+            yield model
+    finally:
+        model.close()
 
 
 @pytest.fixture(scope="module")

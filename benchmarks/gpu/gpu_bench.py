@@ -377,9 +377,8 @@ def main(argv=None) -> int:
                         llm = bench.make(a.model, spec=mode)
                     else:
                         meta = fixtures[which]
-                        llm = bench.make(Path(meta["out"]), spec=mode)
-                        if mode == "swift":
-                            llm.engine.config.skip = inserted_skip(meta)
+                        fixed = {"skip": inserted_skip(meta)} if mode == "swift" else {}
+                        llm = bench.make(Path(meta["out"]), spec=mode, **fixed)
                     try:
                         t = run_table(bench, name, llm, prompts, mode, lambda: min(until, deadline) - time.time(),
                                       a.out)
