@@ -56,3 +56,14 @@ def test_live_timer_feeds_a_calibration_and_charges_measured_costs():
     assert timer.seconds(1, 512) == pytest.approx(0.016)
     assert timer.seconds(5, 512) == pytest.approx(0.016 * 3.0)
 
+
+
+def test_the_replays_costs_are_what_the_policy_asks_for():
+    """The replay's stand-in for swift_gguf's Costs has what protocols.CostModel lists (the controller
+    and the lookup drafter ask nothing else), and its tables are the run's CostTable at each context."""
+    from swift_gguf.protocols import CostModel
+    costs = policy_sim.RunCosts(COSTS)
+    assert isinstance(costs, CostModel)
+    table = policy_sim.CostTable(COSTS)
+    assert list(costs.v_table(64)[1:33]) == [table.verify(n, 64) for n in range(1, 33)]
+    assert costs.v_table(500)[17] == table.verify(17, 512) and costs.plain_seconds(70) == 0.010
