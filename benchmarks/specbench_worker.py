@@ -79,7 +79,7 @@ class InProcess:
         self.fmt = cfg["format"]
         self.lookup = None
         common = dict(n_ctx=cfg["n_ctx"], n_threads=cfg["threads"], n_threads_batch=cfg["threads"],
-                      n_batch=cfg.get("n_batch", 512), flash_attn=True, verbose=False)
+                      n_batch=cfg.get("n_batch", 512), flash_attn=cfg.get("flash_attn", True), verbose=False)
         if cfg["kind"] == "swift":
             from swift_gguf import SwiftLlama
             kwargs = {"profile": None, **cfg.get("kwargs", {})}

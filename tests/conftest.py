@@ -1,4 +1,5 @@
-"""Shared test fixtures: the real default model, the redundancy fixtures, prompts.
+"""Shared test fixtures: prompts, isolated profiles, an unsupported model (the real default model and
+the redundancy fixtures are in the repository's conftest.py, shared with benchmarks/tests).
 
 Everything here is real: the patched llama.cpp, SmolLM2-135M fetched from PyPI by
 swift-gguf's own code, fixtures built from it with the gguf package.
@@ -6,7 +7,6 @@ swift-gguf's own code, fixtures built from it with the gguf package.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,27 +17,6 @@ BENCH_PROMPTS = ROOT / "swift_gguf" / "data" / "bench.jsonl"
 
 def load_bench_prompts() -> list[dict]:
     return [json.loads(line) for line in BENCH_PROMPTS.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="session")
-def model_path() -> Path:
-    """SmolLM2-135M-Instruct Q4_1, fetched once into the cache by swift_gguf.models."""
-    from swift_gguf.models import resolve_model
-    path = resolve_model("smollm2-135m", progress=False)
-    os.environ.setdefault("SWIFT_GGUF_TEST_MODEL", str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def fixture_k1(model_path) -> Path:
-    from swift_gguf.redundancy import cached_fixture
-    return cached_fixture(model_path, 1)
-
-
-@pytest.fixture(scope="session")
-def fixture_k3(model_path) -> Path:
-    from swift_gguf.redundancy import cached_fixture
-    return cached_fixture(model_path, 3)
 
 
 @pytest.fixture(scope="session")

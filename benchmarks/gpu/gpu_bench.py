@@ -1,11 +1,24 @@
 #!/usr/bin/env python3
-"""swift-gguf on a GPU: switching cost and benchmark tables, in one process, within a deadline.
+"""swift-gguf on a GPU: batch invariance, fixture tables, Spec-Bench, in one run, within a deadline.
 
-    python3 -m benchmarks.gpu.gpu_bench --out OUT                 # GPU (n_gpu_layers=-1, flash_attn=False)
-    python3 -m benchmarks.gpu.gpu_bench --cpu --out OUT --limit 2 --pairs 1 --max-tokens 32
+    python3 -m benchmarks.gpu.gpu_bench --out OUT                 # GPU (n_gpu_layers=-1, flash attention on)
+    python3 -m benchmarks.gpu.gpu_bench --cpu --out OUT --only bitwise,specbench --limit 1 --max-tokens 16
     python3 -m benchmarks.gpu.gpu_bench --prepare-only            # build the fixtures only (no llama.cpp)
 
-Steps (each stops cleanly at the deadline; results are written after every step):
+Default steps, in priority order (issue 27; each gets a share of the time left, see WEIGHT):
+  bitwise    max |logit difference| between every row of a verification batch of n (2, 5, 9, 17, 32;
+             Runtime.verify, invariance on) and the one-token decodes of the same tokens, after contexts
+             of 100, 1010 (a batch across 1024 cells: llama.cpp splits it, patch 0007) and 1100 tokens,
+             flash attention on and off, on SmolLM2 and the fixtures K=3 and K=1 (swift_gguf.selfcheck,
+             one child process per model and setting: a crash or abort is a result, not the end of the run)
+  k1_swift, k3_swift   the fixtures' tables with mode "swift" and the skip set of exactly the inserted
+             blocks: acceptance must be 1.00 and every output identical where invariance holds
+  specbench  Spec-Bench, `auto` against `off` per question (benchmarks/gpu/gpu_specbench.py)
+  controls   SmolLM2 again with one switch of patch 0007 off at a time (GGML_SWIFT_CUDA_OFF), all of them
+             off (a negative control: the check must see the difference), CUDA fusion off
+             (GGML_CUDA_DISABLE_FUSION) and CUDA graphs off (GGML_CUDA_DISABLE_GRAPHS); when `bitwise`
+             finds a difference they run right after it (they tell where it comes from), else last
+Older steps, with --only: switch_smollm2, switch_k1, smollm2_auto, k1_auto, k3_auto:
   a. redundancy fixtures K=1 and K=3 from the model (swift_gguf.redundancy.build_fixture)
   b. switching cost on SmolLM2 and fixture K=1: benchmarks/switching.py's measurement (steady-state
      1-token draft call with a skip mask, 5-token verify call, and alternating cycles draft x4 +
@@ -16,7 +29,8 @@ Steps (each stops cleanly at the deadline; results are written after every step)
      deadline keeps the prompts already done: fixture K=1 and K=3 with mode "swift" and a fixed
      skip set of exactly the inserted blocks, SmolLM2 with mode "auto" (search from scratch),
      then fixtures K=1 and K=3 with mode "auto".
-Outputs in --out: summary.json (device, build, switching, table summaries) and <table>.json.
+Outputs in --out: summary.json (device, build, every step's summary), bitwise.json, <table>.json,
+specbench.json (at most 8 files come back from the GPU machine with log.txt: keep --only short).
 """
 from __future__ import annotations
 
@@ -39,10 +53,23 @@ DEFAULT_MODEL = Path("/root/.cache/swift-gguf/models/SmolLM2-135M-Instruct.Q4_1.
 SWITCH_BLOCK = 10      # switching: calls per block (a sample is a block's mean; see benchmarks/switching.py)
 TABLES = ("k1_swift", "k3_swift", "smollm2_auto", "k1_auto", "k3_auto")
 SWITCHING = ("switch_smollm2", "switch_k1")
+DEFAULT_STEPS = ("bitwise", "k1_swift", "k3_swift", "specbench", "controls")
+ALL_STEPS = ("bitwise",) + SWITCHING + TABLES + ("specbench", "controls")
 # share of the time left for each step among the weighted steps still to come; the unweighted
 # (optional) steps get only what the others leave
-WEIGHT = {"switch_smollm2": 1, "switch_k1": 1, "k1_swift": 2, "k3_swift": 3, "smollm2_auto": 3,
-          "k1_auto": 0, "k3_auto": 0}
+WEIGHT = {"bitwise": 3, "switch_smollm2": 1, "switch_k1": 1, "k1_swift": 2, "k3_swift": 2, "smollm2_auto": 3,
+          "k1_auto": 0, "k3_auto": 0, "specbench": 4, "controls": 0}
+# bitwise: verification sizes and context lengths (1010 + 17 and + 32 cross 1024 cells)
+BITWISE_SIZES = (2, 5, 9, 17, 32)
+BITWISE_POSITIONS = (100, 1010, 1100)
+# controls: (name, environment); each runs SmolLM2 with flash attention on and off
+CONTROLS = (("all_switches_off", {"GGML_SWIFT_CUDA_OFF": "mmvq,mmvf,cols,fa"}),
+            ("mmvq_off", {"GGML_SWIFT_CUDA_OFF": "mmvq"}),
+            ("mmvf_off", {"GGML_SWIFT_CUDA_OFF": "mmvf"}),
+            ("cols_off", {"GGML_SWIFT_CUDA_OFF": "cols"}),
+            ("fa_off", {"GGML_SWIFT_CUDA_OFF": "fa"}),
+            ("cuda_fusion_off", {"GGML_CUDA_DISABLE_FUSION": "1"}),
+            ("cuda_graphs_off", {"GGML_CUDA_DISABLE_GRAPHS": "1"}))
 
 
 class Deadline(BaseException):
@@ -130,8 +157,7 @@ class Bench:
         self.args = args
         self.gpu = not args.cpu
         self.common = dict(n_ctx=args.n_ctx, n_gpu_layers=-1 if self.gpu else 0,
-                           flash_attn=(not self.gpu) or os.environ.get("GPU_FLASH_ATTN") == "1",
-                           profile=None, verbose=False)
+                           flash_attn=bool(args.flash_attn), profile=None, verbose=False)
         if args.threads:
             self.common.update(n_threads=args.threads, n_threads_batch=args.threads)
 
@@ -265,6 +291,112 @@ def table_brief(t: dict) -> dict:
     return d
 
 
+# -- bitwise check and controls (patch 0007) ------------------------------------------------------------
+
+def bitwise_child(cfg: dict) -> dict:
+    """In a child process: swift_gguf.selfcheck's comparison of verification rows with one-token decodes,
+    summarized per (context, size). Returns what the parent prints as one JSON line."""
+    t0 = time.time()
+    from swift_gguf import native
+    from swift_gguf.selfcheck import Setting, check_setting
+    positions, sizes = tuple(cfg["positions"]), tuple(cfg["sizes"])
+    res = check_setting(cfg["model"], Setting(flash_attn=bool(cfg["flash_attn"])), positions=positions,
+                        sizes=sizes, n_gpu_layers=cfg["n_gpu_layers"])
+    by = {f"L{L}_n{n}": 0.0 for L in positions for n in sizes}
+    for m in res.mismatches:
+        key = f"L{m.position - m.row}_n{m.batch}"
+        by[key] = max(by.get(key, 0.0), m.max_diff)
+    return {"passed": res.passed, "rows": res.rows, "mismatched_rows": len(res.mismatches),
+            "max_diff": max((m.max_diff for m in res.mismatches), default=0.0), "error": res.error,
+            "by_context_and_size": by,
+            "first_mismatches": [{"position": m.position, "batch": m.batch, "row": m.row, "max_diff": m.max_diff}
+                                 for m in res.mismatches[:24]],
+            "cuda_invariance_symbol": hasattr_lib("ggml_backend_cuda_set_swift_invariant_batch"),
+            "backends": native.backends(), "seconds": round(time.time() - t0, 2)}
+
+
+def hasattr_lib(name: str) -> bool:
+    from swift_gguf import native
+    try:
+        getattr(native._lib, name)
+        return True
+    except AttributeError:
+        return False
+
+
+def run_child(cfg: dict, env: dict, timeout: float) -> dict:
+    """gpu_bench.py --bitwise-child in a process of its own, with `env` on top of ours."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--bitwise-child", json.dumps(cfg)]
+    full_env = dict(os.environ, **env)
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 5), env=full_env)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stderr or b"")[-1500:]
+        return {"error": f"timeout after {timeout:.0f}s", "stderr_tail": tail.decode(errors="replace")
+                if isinstance(tail, bytes) else tail, "seconds": round(time.time() - t0, 2)}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return {"error": f"child exited with {p.returncode}", "stderr_tail": p.stderr[-2000:],
+                "seconds": round(time.time() - t0, 2)}
+    out = json.loads(lines[-1])
+    out["seconds_with_start"] = round(time.time() - t0, 2)
+    return out
+
+
+def bitwise_models(a, fixtures: dict) -> list[tuple[str, str]]:
+    models = [("smollm2", str(a.model)), ("fixture_k3", fixtures["k3"]["out"]), ("fixture_k1", fixtures["k1"]["out"])]
+    if a.gemma and Path(a.gemma).exists():
+        models.insert(1, ("gemma3", str(a.gemma)))
+    return [m for m in models if not a.bitwise_models or m[0] in a.bitwise_models]
+
+
+def run_bitwise(a, fixtures: dict, until: float, out: dict) -> dict:
+    """Every model with flash attention on and off (GPU: all layers offloaded)."""
+    out.update(positions=list(a.positions), sizes=list(a.sizes), n_gpu_layers=0 if a.cpu else -1, runs={})
+    cases = [(name, path, fa) for name, path in bitwise_models(a, fixtures) for fa in (1, 0)]
+    for i, (name, path, fa) in enumerate(cases):
+        left = until - time.time()
+        if left < 10:
+            out["cut"] = f"time slice ended before {name} fa={fa}"
+            break
+        cfg = {"model": path, "flash_attn": fa, "positions": list(a.positions), "sizes": list(a.sizes),
+               "n_gpu_layers": 0 if a.cpu else -1}
+        # a share of what is left for each remaining case, at least 60 s (a model load and ~250 decodes)
+        r = run_child(cfg, {}, max(left / (len(cases) - i), min(60.0, left)))
+        out["runs"][f"{name}_fa{fa}"] = r
+        log(f"bitwise {name} flash_attn={fa}: " + (f"ERROR {r['error']}" if r.get("error") else
+            f"{'PASS' if r['passed'] else 'FAIL'} rows {r['rows']}, mismatched {r['mismatched_rows']}, "
+            f"max |diff| {r['max_diff']:.3g} ({r['seconds']}s)"))
+    runs = out["runs"].values()
+    out["passed"] = bool(out["runs"]) and all(r.get("passed") for r in runs)
+    out["max_diff"] = max((r.get("max_diff", 0.0) for r in runs), default=None)
+    return out
+
+
+def run_controls(a, until: float, out: dict) -> dict:
+    """SmolLM2 with single switches of patch 0007 off, all of them off, CUDA fusion off, CUDA graphs off."""
+    positions = (max(a.positions),)
+    sizes = tuple(n for n in a.sizes if n in (2, 9, 17)) or tuple(a.sizes)
+    out.update(positions=list(positions), sizes=list(sizes), runs={})
+    wanted = [c for c in CONTROLS if not a.controls or c[0] in a.controls]
+    cases = [(name, env, fa) for name, env in wanted for fa in (1, 0) if not (name == "fa_off" and fa == 0)]
+    for i, (name, env, fa) in enumerate(cases):
+        left = until - time.time()
+        if left < 10:
+            out["cut"] = f"time slice ended before {name} fa={fa}"
+            break
+        cfg = {"model": str(a.model), "flash_attn": fa, "positions": list(positions), "sizes": list(sizes),
+               "n_gpu_layers": 0 if a.cpu else -1}
+        r = run_child(cfg, env, max(left / (len(cases) - i), min(45.0, left)))
+        r["env"] = env
+        out["runs"][f"{name}_fa{fa}"] = r
+        log(f"control {name} flash_attn={fa} {env}: " + (f"ERROR {r['error']}" if r.get("error") else
+            f"{'PASS' if r['passed'] else 'FAIL'} mismatched {r['mismatched_rows']}/{r['rows']}, "
+            f"max |diff| {r['max_diff']:.3g}"))
+    return out
+
+
 # -- main ---------------------------------------------------------------------------------------------
 
 def parse(argv=None):
@@ -281,9 +413,22 @@ def parse(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--budget", type=float, default=None, help="seconds from start (GPU 330, CPU 1800)")
     ap.add_argument("--deadline", type=float, default=None, help="absolute time.time() deadline (wins over --budget)")
-    ap.add_argument("--only", default="", help=f"comma list of {', '.join(SWITCHING + TABLES)}")
+    ap.add_argument("--only", default="", help=f"comma list of {', '.join(ALL_STEPS)} "
+                                                f"(default: {','.join(DEFAULT_STEPS)})")
+    ap.add_argument("--flash-attn", type=int, default=1,
+                    help="flash attention for the tables and Spec-Bench (bitwise and controls run both)")
+    ap.add_argument("--positions", default=None, help=f"bitwise contexts (GPU {BITWISE_POSITIONS}, CPU 100)")
+    ap.add_argument("--sizes", default=None, help=f"bitwise verification sizes (GPU {BITWISE_SIZES}, CPU 2,5)")
+    ap.add_argument("--gemma", default=None, help="a Gemma 3 GGUF for the bitwise check too (when carried)")
+    ap.add_argument("--bitwise-models", default="", help="comma list of smollm2, gemma3, fixture_k3, fixture_k1 "
+                                                           "(default: all that are there)")
+    ap.add_argument("--controls", default="", help=f"comma list of {', '.join(c[0] for c in CONTROLS)} (default all)")
+    ap.add_argument("--sb-per-category", type=int, default=None, help="Spec-Bench questions per category (GPU 4, CPU 1)")
     ap.add_argument("--prepare-only", action="store_true", help="build the fixtures and exit (no llama.cpp)")
+    ap.add_argument("--bitwise-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.bitwise_child:
+        return a
     cpu = a.cpu
     a.limit = a.limit or (2 if cpu else 8)
     a.pairs = a.pairs or (1 if cpu else 3)
@@ -293,11 +438,24 @@ def parse(argv=None):
     if a.model is None:
         a.model = a.kit / "model.gguf" if (a.kit / "model.gguf").exists() else DEFAULT_MODEL
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
+    unknown = [s for s in a.only if s not in ALL_STEPS]
+    if unknown:
+        ap.error(f"--only: unknown step(s) {unknown}; known: {', '.join(ALL_STEPS)}")
+    a.positions = tuple(int(x) for x in a.positions.split(",")) if a.positions else \
+        ((100,) if cpu else BITWISE_POSITIONS)
+    a.sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else ((2, 5) if cpu else BITWISE_SIZES)
+    a.controls = [c.strip() for c in a.controls.split(",") if c.strip()]
+    a.bitwise_models = [c.strip() for c in a.bitwise_models.split(",") if c.strip()]
+    a.sb_per_category = a.sb_per_category or (1 if cpu else 4)
     return a
 
 
 def main(argv=None) -> int:
     a = parse(argv)
+    if a.bitwise_child:   # one bitwise comparison in this (child) process; the result is the last line
+        res = bitwise_child(json.loads(a.bitwise_child))
+        print(json.dumps(res, default=str), flush=True)
+        return 0
     start = time.time()
     deadline = a.deadline or start + a.budget
     a.kit.mkdir(parents=True, exist_ok=True)
@@ -330,7 +488,8 @@ def main(argv=None) -> int:
                            "graph_cache_symbol": graph_cache_size_fn() is not None},
                "context": bench.common, "fixtures": {k: {kk: vv for kk, vv in v.items() if kk != "inserted_layers"}
                                                      for k, v in fixtures.items()},
-               "switching": {}, "tables": {}, "cut": {}, "errors": {}, "stopped": ""}
+               "switching": {}, "tables": {}, "bitwise": {}, "controls": {}, "specbench": {},
+               "cut": {}, "errors": {}, "stopped": ""}
     log(f"library {summary['library']['path']}, backends {summary['library']['backends']}, "
         f"graph cache symbol: {summary['library']['graph_cache_symbol']}, deadline in {time_left():.0f}s")
     if not a.cpu and not native.gpu_offload_supported():
@@ -338,7 +497,7 @@ def main(argv=None) -> int:
     out_summary = a.out / "summary.json"
     write_json(out_summary, summary)
     prompts = load_prompts(None)[:a.limit]
-    steps = [n for n in SWITCHING + TABLES if not a.only or n in a.only]
+    steps = [n for n in ALL_STEPS if n in a.only] if a.only else list(DEFAULT_STEPS)
 
     def slice_end(i: int) -> float:
         """This step's share of the time left: by WEIGHT among the remaining weighted steps;
@@ -358,7 +517,43 @@ def main(argv=None) -> int:
             until = slice_end(i)
             log(f"--- {name} ({time_left():.0f}s left, this step up to {until - time.time():.0f}s)")
             try:
-                if name.startswith("switch_"):
+                if name == "bitwise":
+                    arm(until + 30)   # soft limits inside (child timeouts); the alarm only if they fail
+                    res = run_bitwise(a, fixtures, until, summary["bitwise"])
+                    write_json(a.out / "bitwise.json", {**res, "controls": summary["controls"]})
+                    crashed = [k for k, r in res["runs"].items()
+                               if k.endswith(f"_fa{int(bool(a.flash_attn))}") and r.get("error")]
+                    if res["runs"] and len(crashed) == len(res["runs"]) // 2:
+                        # every child with the tables' setting failed to run: the tables run in this process
+                        # and would take the whole run down with them; Spec-Bench and controls use children
+                        for t in [t for t in steps[i + 1:] if t in TABLES or t.startswith("switch_")]:
+                            steps.remove(t)
+                            summary["cut"][t] = "skipped: every bitwise child with this setting failed (see bitwise)"
+                    if not res["passed"] and "controls" in steps[i + 1:]:
+                        # a difference: the controls say where it comes from, before anything else
+                        steps.remove("controls")
+                        steps.insert(i + 1, "controls")
+                        WEIGHT["controls"] = 3
+                elif name == "controls":
+                    arm(until + 30)
+                    run_controls(a, until, summary["controls"])
+                    write_json(a.out / "bitwise.json", {**summary["bitwise"], "controls": summary["controls"]})
+                elif name == "specbench":
+                    from benchmarks.gpu import gpu_specbench
+                    arm(until + 40)   # gpu_specbench stops before a question it cannot finish by `until`
+                    res = {}
+                    try:
+                        gpu_specbench.run(str(a.model), per_category=a.sb_per_category, max_tokens=a.max_tokens,
+                                          n_ctx=max(a.n_ctx, 2048), gpu=not a.cpu, flash_attn=bool(a.flash_attn),
+                                          threads=a.threads, deadline=until, log_dir=a.kit, result=res)
+                    finally:
+                        write_json(a.out / "specbench.json", res)
+                        sm = res.get("summary", {})
+                        summary["specbench"] = {k: v for k, v in sm.items() if k != "per_question"}
+                        summary["specbench"]["stopped"] = res.get("stopped", "")
+                        if sm:
+                            print(gpu_specbench.render_table(sm), flush=True)
+                elif name.startswith("switch_"):
                     arm(until + 10)   # soft limits inside; the alarm only if they fail
                     if name == "switch_smollm2":
                         n_layer = fixtures["k1"]["n_orig_layer"]
@@ -409,7 +604,13 @@ def main(argv=None) -> int:
         summary["seconds"] = round(time.time() - start, 1)
         write_json(out_summary, summary)
     log(f"done in {summary['seconds']}s; stopped: {summary['stopped'] or 'no'}; errors: {list(summary['errors']) or 'none'}")
-    brief = {"switching": {m: {v: s[v].get("overhead") for v in ("default", "graph_cache_off") if v in s}
+    brief = {"bitwise": {k: ("ERROR " + r["error"]) if r.get("error") else (r["passed"], r["max_diff"])
+                         for k, r in summary["bitwise"].get("runs", {}).items()},
+             "controls": {k: ("ERROR " + r["error"]) if r.get("error") else (r["passed"], r["max_diff"])
+                          for k, r in summary["controls"].get("runs", {}).items()},
+             "specbench": {k: summary["specbench"].get(k) for k in ("questions_run", "identical", "speedup_overall",
+                                                                     "min_category_speedup", "acceptance_rate")},
+             "switching": {m: {v: s[v].get("overhead") for v in ("default", "graph_cache_off") if v in s}
                            for m, s in summary["switching"].items()},
              "tables": {n: {k: t.get(k) for k in ("prompts_run", "speedup_median", "acceptance_rate",
                                                    "identical_outputs", "truncated")}

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Device call 2 (from the repo root, right after stage1.sh, carrying .gpukit/model.part2 and
 # .gpukit/model.sha256): assemble and check the model, build the fixtures while the CUDA build
-# finishes, wait for it (bounded), then run benchmarks/gpu/gpu_bench.py on the GPU.
-# Whole call bounded by GPU_BUDGET seconds (default 360). Re-runnable on a warm machine: a model,
-# fixtures and build already in /tmp/kit are kept. Extra gpu_bench arguments: GPU_BENCH_ARGS.
+# finishes, wait for it (bounded), then run benchmarks/gpu/gpu_bench.py on the GPU (its default
+# steps: bitwise, k1_swift, k3_swift, specbench, controls; flash attention on in the tables when the
+# build has its kernels). Whole call bounded by GPU_BUDGET seconds (default 560, for timeout_s 600).
+# Re-runnable on a warm machine: a model, fixtures and build already in /tmp/kit are kept. Extra
+# gpu_bench arguments: GPU_BENCH_ARGS.
 set -u
 KIT=/tmp/kit
 T0=$(date +%s)
-BUDGET=${GPU_BUDGET:-360}
+BUDGET=${GPU_BUDGET:-560}
 DEADLINE=$((T0 + BUDGET))
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -78,7 +80,10 @@ main() {
     # a second, dynamic libstdc++ loaded by numpy/gguf/sklearn first then crashes std::regex in the
     # tokenizer (seen 2026-11-26 on an H200). Preloading the system one makes both the same copy.
     [ -f /lib/x86_64-linux-gnu/libstdc++.so.6 ] && export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
-    python3 -m benchmarks.gpu.gpu_bench --out "$OUT" --kit $KIT --deadline $((DEADLINE - 10)) ${GPU_BENCH_ARGS:-}
+    FA=1
+    [ "$(cat $KIT/build_fa.txt 2>/dev/null)" = OFF ] && FA=0
+    python3 -m benchmarks.gpu.gpu_bench --out "$OUT" --kit $KIT --deadline $((DEADLINE - 10)) --flash-attn $FA \
+        ${GPU_BENCH_ARGS:-}
     rc=$?
     say "gpu_bench rc=$rc; files: $(ls "$OUT" | tr '\n' ' ')"
     return $rc
