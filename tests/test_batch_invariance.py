@@ -168,16 +168,15 @@ def test_gemma3_speculative_greedy_equals_plain(bench_prompts):
     llm = _load("gemma3-270m", True)
     rng = np.random.default_rng(3)
     skip = SkipSet.from_indices(llm.rt.n_layer, rng.choice(2 * (llm.rt.n_layer - 2), size=8, replace=False))
-    cfg = llm.engine.config
     try:
         drafted = 0
         for p in bench_prompts[::6]:   # chat, story, math, rewrite
             toks = llm.tokenize(p["prompt"].encode())
             outs = {}
             for mode in ("off", "swift"):
-                cfg.mode, cfg.skip, cfg.draft_max = mode, skip, 6
                 llm.reset()
-                outs[mode] = [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=64)]
+                with llm.speculation(mode, skip=skip, draft_max=6):
+                    outs[mode] = [t.id for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=64)]
             assert outs["swift"] == outs["off"], p["id"]
             drafted += llm.last_stats.drafted
         assert drafted > 0

@@ -62,15 +62,13 @@ def _llama_greedy(model: Path, setting: dict, prompts: list[list[int]]) -> list[
 
 
 def _swift_greedy(llm: SwiftLlama, toks: list[int], **config) -> list[int]:
-    cfg = llm.engine.config
-    for k, v in config.items():
-        setattr(cfg, k, v)
     llm.reset()
     out = []
-    for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS):
-        if llm.rt.is_eog(t.id):
-            break
-        out.append(t.id)
+    with llm.speculation(**config):
+        for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS):
+            if llm.rt.is_eog(t.id):
+                break
+            out.append(t.id)
     return out
 
 
