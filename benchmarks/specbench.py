@@ -383,6 +383,7 @@ def summarize(result: dict) -> dict:
             "mean_accepted_tokens": round(1 + accepted / cycles, 3) if cycles else (1.0 if arm == "baseline" else None),
             "acceptance_rate": round(accepted / drafted, 4) if drafted else None,
             "identical": sum(_identical(runs.get(qid), base[qid]) for qid in base),
+            "worst_question": _worst_question(runs, base),
             "questions": len(base),
             "prompt_seconds": round(sum(t["prompt_s"] for reps in runs.values() for turns in reps for t in turns), 3),
         }
@@ -406,6 +407,15 @@ def _speeds(runs: dict, cat_of: dict) -> dict:
     by_cat = {c: tok[c] / sec[c] for c in tok if sec[c] > 0}
     all_s = sum(sec.values())
     return {"by_cat": by_cat, "overall": sum(tok.values()) / all_s if all_s else 0.0}
+
+
+def _worst_question(runs: dict, base: dict) -> list | None:
+    """[question id, speedup] of the question this arm is slowest on against the baseline (its
+    repetitions and turns pooled, as the overall speed pools them): the floor a user meets."""
+    ratios = [(qid, _ratio(_tps([t for turns in runs[qid] for t in turns]),
+                           _tps([t for turns in base[qid] for t in turns]))) for qid in base if runs.get(qid)]
+    ratios = [(qid, r) for qid, r in ratios if r is not None]
+    return list(min(ratios, key=lambda x: x[1])) if ratios else None
 
 
 def _rep(runs: dict, k: int) -> dict:
@@ -445,16 +455,18 @@ def _scale_oracle(oracle: dict, off: dict) -> None:
 def markdown_table(result: dict) -> str:
     """Spec-Bench's own format: rows = arms, the six category columns, mean accepted tokens, overall."""
     t = result["table"]
-    head = ("| arm | " + " | ".join(COLUMN_TITLES) + " | #Mean Accepted Tokens | Overall | identical outputs |")
-    lines = [head, "|---|" + "---|" * (len(COLUMN_TITLES) + 3)]
+    head = ("| arm | " + " | ".join(COLUMN_TITLES)
+            + " | #Mean Accepted Tokens | Overall | slowest question | identical outputs |")
+    lines = [head, "|---|" + "---|" * (len(COLUMN_TITLES) + 4)]
     for arm, r in t["rows"].items():
         cells = [_x(r["speedup"][c]) for c in CATEGORIES]
         mat = "-" if r["mean_accepted_tokens"] is None else f"{r['mean_accepted_tokens']:.2f}"
+        worst = r.get("worst_question")   # (absent from runs summarized before it was recorded)
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {mat} | {_x(r['speedup_overall'])} | "
-                     f"{r['identical']}/{r['questions']} |")
+                     f"{'-' if not worst else f'{_x(worst[1])} (q{worst[0]})'} | {r['identical']}/{r['questions']} |")
     o, rows = t["oracle"], t["rows"]
     lines.append("| oracle prompt lookup (bound, baseline's outputs, this run's v(n)) | "
-                 + " | ".join(_x(o["speedup"].get(c)) for c in CATEGORIES) + f" | - | {_x(o['speedup_overall'])} | - |")
+                 + " | ".join(_x(o["speedup"].get(c)) for c in CATEGORIES) + f" | - | {_x(o['speedup_overall'])} | - | - |")
     speculating = {arm: r for arm, r in rows.items() if result["arms"][arm]["kind"] == "swift" and arm != "off"}
     if "off" in rows:
         off = rows["off"]
@@ -462,11 +474,11 @@ def markdown_table(result: dict) -> str:
             lines.append(f"| {arm} / off (speculation's own gain; oracle's: "
                          f"{_x(o.get('speedup_overall_over_plain'))}) | "
                          + " | ".join(_x(_ratio(r["speedup"][c], off["speedup"][c])) for c in CATEGORIES)
-                         + f" | - | {_x(_ratio(r['speedup_overall'], off['speedup_overall']))} | - |")
+                         + f" | - | {_x(_ratio(r['speedup_overall'], off['speedup_overall']))} | - | - |")
     for arm, r in speculating.items():
         lines.append(f"| efficiency of {arm} (speedup / oracle) | "
                      + " | ".join(_f(r["efficiency"][c]) for c in CATEGORIES)
-                     + f" | - | {_f(r['efficiency_overall'])} | - |")
+                     + f" | - | {_f(r['efficiency_overall'])} | - | - |")
     return "\n".join(lines)
 
 

@@ -61,3 +61,17 @@ def test_without_the_baseline_every_ratio_is_against_off():
     assert t["rows"]["off"]["speedup_overall"] == 1.0
     assert t["rows"]["auto"]["speedup_overall"] == pytest.approx(1.2, rel=1e-3)
     assert t["oracle"]["speedup_overall"] == pytest.approx(specbench.summarize(run(1.0, 1.2))["oracle"]["speedup_overall"])
+
+
+def test_slowest_question_pools_turns_and_repetitions():
+    """The per-question floor: each question's tokens over its seconds (every turn and repetition),
+    against the baseline's; the minimum over questions, named."""
+    r = run(1.0, 1.5)
+    slow = r["raw"]["auto"]["3"][0][0]
+    r["raw"]["auto"]["3"] = [[dict(slow, gen_s=48 / 80.0)], [dict(slow, gen_s=48 / 120.0)]]   # 0.8x, 1.2x
+    r["raw"]["baseline"]["3"] = [r["raw"]["baseline"]["3"][0]] * 2
+    r["table"] = specbench.summarize(r)
+    assert r["table"]["rows"]["auto"]["worst_question"] == ["3", pytest.approx(0.96)]   # 96 tokens in 1.0 s
+    assert r["table"]["rows"]["baseline"]["worst_question"] == ["0", 1.0]
+    (row,) = [ln for ln in specbench.markdown_table(r).splitlines() if ln.startswith("| swift-gguf auto")]
+    assert "0.96× (q3)" in row

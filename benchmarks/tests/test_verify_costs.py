@@ -1,0 +1,15 @@
+"""benchmarks/verify_costs.py on the real default model: a v(n) per size and context, and its table."""
+from __future__ import annotations
+
+from benchmarks import verify_costs as vc
+
+
+def test_verify_costs_measures_every_size_at_every_context(model_path):
+    r = vc.measure(str(model_path), [32, 64], threads=2, reps=1)
+    assert r["weights"].startswith("Q4_1")   # SmolLM2-135M's matrices: Q4_1, Q8_0
+    assert set(r["costs"]) == {"32", "64"}
+    for c in r["costs"].values():
+        assert c["t1"] > 0 and set(c["v"]) == {str(n) for n in vc.SIZES}
+        assert c["v"]["32"] > c["v"]["2"] > 0   # 32 rows cost more than 2 (same weights, 16x the columns)
+    lines = vc.table({"models": {"smollm2": r}}).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| smollm2 | Q4_1")

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""What verification costs on this machine: v(n) per model, the number speculation lives on.
+
+    python -m benchmarks.verify_costs                          # the four registry models
+    python -m benchmarks.verify_costs -m gemma3-270m -m my.gguf --contexts 100,1000
+
+v(n) = seconds of one n-token verification batch (Runtime.verify: logits for every row, each row
+bit-identical to its one-token decode) / seconds of one plain one-token decode, at a context of
+`ctx` cached tokens; the sizes interleaved round by round after an untimed round, medians
+(specbench_worker.measure_verify_costs, the measurement every Spec-Bench run records). A draft of
+d tokens pays only where the expected accepted tokens + 1 exceed v(d + 1) plus the drafting cost.
+Flash attention on, -t threads for decoding and batches alike. Writes JSON and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks.specbench_worker import measure_verify_costs
+
+MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+SIZES = [2, 5, 9, 17, 32]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def measure(model: str, contexts: list[int], threads: int, reps: int) -> dict:
+    from swift_gguf import SwiftLlama
+    from swift_gguf.models import resolve_model
+    path = resolve_model(model, progress=True)
+    llm = SwiftLlama(str(path), n_ctx=max(contexts) + max(SIZES) + 16, n_threads=threads,
+                     n_threads_batch=threads, flash_attn=True, spec="off", profile=None, verbose=False)
+    try:
+        return {"path": str(path), "weights": weight_types(path),
+                "costs": measure_verify_costs(llm, contexts, SIZES, reps=reps)}
+    finally:
+        llm.close()
+
+
+def weight_types(path) -> str:
+    """The matrices' quantization types by share of their bytes, e.g. 'Q4_K 55%, Q6_K 30%, Q8_0 15%'."""
+    from gguf import GGUFReader
+    size: dict[str, int] = {}
+    for t in GGUFReader(str(path)).tensors:
+        if len(t.shape) >= 2:
+            size[t.tensor_type.name] = size.get(t.tensor_type.name, 0) + int(t.n_bytes)
+    total = sum(size.values()) or 1
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(size.items(), key=lambda kv: -kv[1]) if v / total >= 0.02)
+
+
+def table(result: dict) -> str:
+    lines = ["| model | weights | ctx | plain step | " + " | ".join(f"v({n})" for n in SIZES) + " |",
+             "|---|---|---|---|" + "---|" * len(SIZES)]
+    for model, r in result["models"].items():
+        for ctx, c in r["costs"].items():
+            lines.append(f"| {model} | {r['weights']} | {ctx} | {c['t1'] * 1e3:.1f} ms | "
+                         + " | ".join(f"{c['v'][str(n)]:.2f}" for n in SIZES) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", action="append", help="alias or .gguf path (repeatable; default: the registry's four)")
+    ap.add_argument("--contexts", default="100,1000", help="cached tokens before the batch (default: %(default)s)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5, help="rounds = 2 * reps (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    contexts = [int(c) for c in a.contexts.split(",")]
+    result = {"benchmark": "verify-costs", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": a.threads,
+              "sizes": SIZES, "models": {}}
+    for model in a.model or MODELS:
+        result["models"][model] = measure(model, contexts, a.threads, a.reps)
+        print(f"[verify_costs] {model} done", flush=True)
+    out = a.out or RESULTS / f"verify-costs-{time.strftime('%Y-%m-%d')}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(table(result))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
