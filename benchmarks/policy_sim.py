@@ -101,6 +101,8 @@ def replay_turn(prompt: list[int], out: list[int], costs, ctl: Controller,
     decides on the live estimator that the timer feeds, and each call is charged timer.seconds."""
     stream = Stream(list(prompt) + [out[0]], len(prompt))
     k, plain_s, sim_s, cycles, accepted = 1, 0.0, 0.0, 0, 0
+    ctl.budget.start()        # a turn is a request: its own loss budget (SwiftEngine.run)
+    ctl.budget.tokens += 1    # the pending token, emitted first
     while k < len(out):
         n_ctx = stream.n_past
         t1 = timer.seconds(1, n_ctx) if timer else costs.plain_seconds(n_ctx)
@@ -127,6 +129,7 @@ def replay_turn(prompt: list[int], out: list[int], costs, ctl: Controller,
         stream.n_past += len(emitted)
         stream.tokens.extend(emitted)
         ctl.generated += len(emitted)
+        ctl.budget.tokens += len(emitted)
         plain_s += len(emitted) * t1
         sim_s += secs
         k += len(emitted)

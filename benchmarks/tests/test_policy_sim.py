@@ -67,3 +67,19 @@ def test_the_replays_costs_are_what_the_policy_asks_for():
     table = policy_sim.CostTable(COSTS)
     assert list(costs.v_table(64)[1:33]) == [table.verify(n, 64) for n in range(1, 33)]
     assert costs.v_table(500)[17] == table.verify(17, 512) and costs.plain_seconds(70) == 0.010
+
+
+def test_each_replayed_turn_is_a_request_with_its_own_loss_budget():
+    """As SwiftEngine.run: a turn starts a new loss budget, so one answer's losses do not silence
+    speculation on every later answer of the run (the replay collapsed to 1.00x when they did)."""
+    from swift_gguf.controller import Controller
+    from swift_gguf.drafters import LOOKUP, LookupDrafter
+    from swift_gguf.engine import SpecConfig
+    costs = policy_sim.RunCosts(COSTS)
+    drafter = LookupDrafter(costs)
+    ctl = Controller(SpecConfig(mode="auto", spec_type="ngram"), costs, {LOOKUP: drafter})
+    ctl.budget.charge(100.0)   # an earlier answer lost far more than its allowance
+    turn = copy_run(1)["raw"]["baseline"]["0"][0][0]
+    plain_s, sim_s, cycles, accepted = policy_sim.replay_turn(turn["prompt"], turn["tokens"], costs, ctl, drafter)
+    assert cycles > 0 and accepted > 0 and plain_s / sim_s > 1.5
+    assert ctl.budget.tokens == len(turn["tokens"])
