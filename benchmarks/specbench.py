@@ -130,12 +130,14 @@ def parse_arm(spec: str) -> tuple[str, dict]:
 class Worker:
     """One arm's process; requests and answers are JSON lines."""
 
-    def __init__(self, name: str, label: str, python: str, cfg: dict, log_dir: Path):
+    def __init__(self, name: str, label: str, python: str, cfg: dict, log_dir: Path, root: Path = ROOT):
         self.name, self.label, self.cfg = name, label, cfg
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "w")
+        # root: the checkout whose worker and swift_gguf package the arm runs (the same interpreter,
+        # so the same native library): another commit's policy in the same interleaved run
         self.proc = subprocess.Popen([python, "-m", WORKER, json.dumps(cfg)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(root))
         hello = self._read()
         self.info = hello.get("info", {})
 
@@ -192,8 +194,10 @@ def start_arms(opts, model: str, log_dir: Path, server_spec: str | None) -> list
             ("auto", "swift-gguf auto", sys.executable, {"kind": "swift", "kwargs": {"spec": "auto"}})]
     for spec in opts.arm:
         name, kwargs = parse_arm(spec)
-        plan.append((name, f"swift-gguf {name} ({', '.join(f'{k}={v}' for k, v in kwargs.items())})",
-                     sys.executable, {"kind": "swift", "kwargs": kwargs}))
+        root = arm_root(kwargs.pop("root", None))
+        where = "" if root == ROOT else f" at {checkout_commit(root)}"
+        plan.append((name, f"swift-gguf{where} {name} ({', '.join(f'{k}={v}' for k, v in kwargs.items())})",
+                     sys.executable, {"kind": "swift", "kwargs": kwargs, **({"root": str(root)} if root != ROOT else {})}))
     if server_spec is not None:
         plan.append(server_plan(server_spec, opts, log_dir))
     plan.append(("lookup", f"LlamaPromptLookupDecoding (num_pred_tokens={opts.lookup_tokens})", str(lcp),
@@ -206,12 +210,30 @@ def start_arms(opts, model: str, log_dir: Path, server_spec: str | None) -> list
     try:
         for name, label, python, cfg in plan:
             say(f"  starting {name}: {label}")
-            workers.append(Worker(name, label, python, {**base, **cfg}, log_dir))
+            workers.append(Worker(name, label, python, {**base, **cfg}, log_dir, Path(cfg.get("root", ROOT))))
     except BaseException:
         for w in workers:
             w.close()
         raise
     return workers
+
+
+def arm_root(path) -> Path:
+    """An arm's checkout (--arm NAME:root=PATH,...): another commit of this repository, e.g. a
+    `git worktree` of the commit before a change, to compare policies in one interleaved run."""
+    if path is None:
+        return ROOT
+    root = Path(str(path)).expanduser().resolve()
+    if not (root / "swift_gguf").is_dir() or not (root / "benchmarks" / "specbench_worker.py").is_file():
+        raise BenchError(f"--arm root={path}: not a swift-gguf checkout (no swift_gguf/ and "
+                         "benchmarks/specbench_worker.py there). Fix: git worktree add /tmp/before <commit>")
+    return root
+
+
+def checkout_commit(root: Path) -> str:
+    """The short commit a checkout is at ('?' when git cannot say)."""
+    r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or "?"
 
 
 def server_plan(spec_type: str, opts, log_dir: Path) -> tuple:
@@ -514,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", choices=["auto", "chat", "plain"], default="auto",
                     help="prompt format: the chat template, or 'Question: ...\\nAnswer:' (auto: chat if the model has a template)")
     ap.add_argument("--arm", action="append", default=[], metavar="NAME:key=value,...",
-                    help="an extra swift-gguf arm (SwiftLlama keyword arguments); repeatable")
+                    help="an extra swift-gguf arm (SwiftLlama keyword arguments; root=PATH runs another checkout of "
+                         "this repository, e.g. a git worktree of an earlier commit); repeatable")
     ap.add_argument("--server-spec", default="best",
                     help="llama-server --spec-type for its arm, or 'best' (default): the fastest of --server-candidates")
     ap.add_argument("--server-candidates", default="ngram-simple,ngram-mod")

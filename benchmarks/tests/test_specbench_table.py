@@ -75,3 +75,12 @@ def test_slowest_question_pools_turns_and_repetitions():
     assert r["table"]["rows"]["baseline"]["worst_question"] == ["0", 1.0]
     (row,) = [ln for ln in specbench.markdown_table(r).splitlines() if ln.startswith("| swift-gguf auto")]
     assert "0.96× (q3)" in row
+
+
+def test_an_arm_may_run_another_checkout(tmp_path):
+    """--arm NAME:root=PATH: the arm's worker runs there (a worktree of an earlier commit)."""
+    assert specbench.arm_root(None) == specbench.ROOT
+    assert specbench.arm_root(str(specbench.ROOT)) == specbench.ROOT
+    with pytest.raises(specbench.BenchError, match="not a swift-gguf checkout"):
+        specbench.arm_root(str(tmp_path))
+    assert len(specbench.checkout_commit(specbench.ROOT)) >= 7
