@@ -19,7 +19,6 @@ CLI:  python -m swift_gguf.redundancy --base MODEL.gguf --out OUT.gguf [--per-bl
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -32,6 +31,7 @@ from gguf import quants as gguf_quants
 
 # Tensors whose output is added to the residual stream (attention output, FFN down projection;
 # biases and MoE experts' included): zero in an identity block, the same rule as the tiny test models'
+from .fileio import atomic_output
 from .testmodels import ZEROED_PREFIXES
 
 _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
@@ -148,9 +148,7 @@ def build_fixture(base: Path, out: Path, per_block: int = 1, validate: bool = Tr
     step = per_block + 1
     n_layer = n_orig * step
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
+    with atomic_output(out) as tmp:   # a fixture file is complete or absent
         writer = GGUFWriter(tmp, arch=arch, endianess=reader.endianess)
         _copy_metadata(reader, writer, arch, n_layer, per_block)
         for t in head:
@@ -167,10 +165,6 @@ def build_fixture(base: Path, out: Path, per_block: int = 1, validate: bool = Tr
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
     meta = {
         "base": str(base),

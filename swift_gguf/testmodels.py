@@ -20,7 +20,6 @@ CLI:  python -m swift_gguf.testmodels --arch ARCH --out PATH [--layers N] [--ins
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 from gguf import GGUFValueType, GGUFWriter
+
+from .fileio import atomic_output
 
 # Tensors whose output is added to the residual stream (matched by prefix, so biases, the
 # experts' and the shared expert's down projections are included): zero in an inserted block.
@@ -367,9 +368,7 @@ def build(arch: str, out: Path, n_real: int = 4, n_inserted: int = 2, seed: int 
     n_vocab = len(tokens)
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
+    with atomic_output(out) as tmp:   # a test model is complete or absent
         w = GGUFWriter(tmp, arch=arch)
         w.add_name(f"swift-gguf test model, {n_real}+{n_inserted} layers")   # no arch: llama.cpp keys vocab quirks on names
         w.add_key_value(f"{arch}.block_count", n_layer, GGUFValueType.UINT32)
@@ -417,10 +416,6 @@ def build(arch: str, out: Path, n_real: int = 4, n_inserted: int = 2, seed: int 
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {"arch": arch, "out": str(out), "n_layer": n_layer, "n_real": n_real,
             "inserted_layers": inserted, "n_vocab": n_vocab, "bytes": out.stat().st_size}
 
