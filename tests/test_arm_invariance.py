@@ -10,7 +10,8 @@ negative control) against n one-token decodes, flash attention on and off, threa
 (llama-cpp-python's default on 2 cores), SmolLM2 (Q4_1/Q8_0) and Gemma 3 (Q4_K/Q6_K/Q5_0/Q8_0).
 ARM runs ggml's one-column kernels for verification (no NEON multi-column kernels yet): this checks
 that the patches' dispatch keeps them exact there. Needs aarch64-linux-gnu-g++, qemu-user, cmake and
-ninja (.ci/run installs qemu-user); about 8 minutes on 2 cores, the builds cached per patch set.
+ninja (.ci/run installs qemu-user); about 14 minutes on 2 cores from scratch (two cross-builds and
+32 emulated comparisons), the builds cached per patch set.
 """
 from __future__ import annotations
 
