@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.specbench_worker import measure_verify_costs
 
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
-SIZES = [2, 5, 9, 17, 32]
+SIZES = [2, 5, 9, 17, 32, 33, 64]   # 33, 64: two invariant ubatches (limits.INVARIANT_UBATCH = 32)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

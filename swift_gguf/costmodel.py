@@ -382,7 +382,7 @@ def calibrate(rt: Runtime, last: int, n_past: int, costs: Costs, *, sub_layers: 
     Runs on a scratch sequence that shares the stream's cells before n_past, so the stream is
     untouched; `last` is the token decoded (repeated for the batch sizes).
     """
-    sizes = [n for n in (1, *CALIBRATION_SIZES) if rt.room(n_past) > n + 1]
+    sizes = [n for n in (1, *CALIBRATION_SIZES) if rt.room(n_past) > n + 1 and n <= rt.max_verify]
     if len(sizes) < 3:
         return costs
     toks = [last] * max(sizes)

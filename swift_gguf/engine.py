@@ -238,7 +238,7 @@ class SwiftEngine:
                     stats.stop_reason = "context full"
                     return
                 t0 = time.perf_counter()
-                plan = self.controller.plan(stream, min(max_tokens - emitted - 1, room - 2))
+                plan = self.controller.plan(stream, min(max_tokens - emitted - 1, room - 2, self.rt.max_verify - 1))
                 if plan.offer is not None:
                     new = self._cycle(stream, sampler, plan, stats)
                     used.add("swift")

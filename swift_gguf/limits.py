@@ -3,7 +3,7 @@
 The CLI turns the bounds into click's IntRange/FloatRange option types (`click_type`); the
 engine's and the API's own checks read the same bounds, so the two cannot drift apart.
 No llama_cpp here: the policy modules (controller, drafters) read MAX_VERIFY without the
-native library, and swift_gguf.native re-exports it as INVARIANT_MAX_BATCH.
+native library.
 """
 from __future__ import annotations
 
@@ -32,10 +32,14 @@ class Bound:
 
 
 # -- speculation (SpecConfig) ------------------------------------------------------------
-# Most tokens in one verification batch (a draft of at most MAX_VERIFY - 1 tokens plus the pending
-# one): patch 0003 makes CPU batches of up to this many rows bit-identical to one-token decodes, and
-# patch 0002's graph cache keeps graphs up to the same size
-MAX_VERIFY = 32
+# Patch 0003 makes CPU batches of up to INVARIANT_UBATCH rows bit-identical to one-token decodes (and
+# patch 0002's graph cache keeps graphs up to that size); while the setting is on, llama_decode splits
+# a longer batch into ubatches of that size (ABI 5), each one as exact
+INVARIANT_UBATCH = 32
+# Most tokens in one verification call (a draft of at most MAX_VERIFY - 1 tokens plus the pending one):
+# two invariant ubatches. Copies in summaries and retrieved passages run longer than 32 tokens; past
+# 64 a cycle gains little (v(n) is linear in n there: ~0.2 plain steps per row on this project's CPUs)
+MAX_VERIFY = 2 * INVARIANT_UBATCH
 DRAFT_MAX = Bound(min=1)                        # tokens drafted per cycle
 DRAFT_P_MIN = Bound(0.0, 1.0, min_open=True)    # epsilon: the confidence that keeps a draft going
 

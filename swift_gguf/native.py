@@ -17,12 +17,13 @@ from typing import Iterator
 from .errors import NativeLibraryError
 # Verification batches (draft length + 1) stay within this; the graph cache of 0002 uses the same bound
 # (one constant, kept in a module the policy layer imports without llama_cpp)
-from .limits import MAX_VERIFY as INVARIANT_MAX_BATCH
+from .limits import INVARIANT_UBATCH
 
 # 1: layer skip (0001); 2: CPU batches of up to 32 tokens are bit-identical to one-token decoding (0003);
 # 3: that batch invariance is a per-context setting, off by default (set_batch_invariance);
-# 4: ... and it matches one-token decodes run with the context's n_threads whatever n_threads_batch is
-ABI_VERSION = 4
+# 4: ... and it matches one-token decodes run with the context's n_threads whatever n_threads_batch is;
+# 5: ... and while it is on, llama_decode splits longer batches into invariant ubatches
+ABI_VERSION = 5
 BUILD_HINT = "python native/build.py   (or ./bootstrap.sh, which also sets up .venv)"
 
 try:
@@ -142,10 +143,11 @@ def set_layer_skip(ctx_ptr, mask: bytes | bytearray | None) -> None:
         raise ValueError(f"llama_swift_set_layer_skip: {_SET_ERRORS.get(rc, f'error {rc}')}")
 
 
-def set_batch_invariance(ctx_ptr, max_batch: int = INVARIANT_MAX_BATCH) -> None:
+def set_batch_invariance(ctx_ptr, max_batch: int = INVARIANT_UBATCH) -> None:
     """On the CPU, batches of up to max_batch tokens give every token the logits a one-token decode
-    gives it (speculative verification is then lossless); 0, llama.cpp's default, is upstream's
-    kernels for every batch (prompt processing stays bit-identical to an unpatched llama.cpp)."""
+    gives it (speculative verification is then lossless), and longer ones are decoded as ubatches of
+    max_batch, each so; 0, llama.cpp's default, is upstream's kernels and ubatch size for every batch
+    (prompt processing stays bit-identical to an unpatched llama.cpp)."""
     _set_invariance(ctx_ptr, max_batch)
 
 

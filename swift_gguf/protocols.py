@@ -19,6 +19,7 @@ class Runtime(Protocol):
     """One llama.cpp context: decode calls (returning their seconds), logits, KV edits, the skip mask."""
     n_layer: int
     n_vocab: int
+    max_verify: int   # most tokens one verify() call takes
 
     def decode(self, tokens: Sequence[int], pos0: int, *, seq: int = 0, all_logits: bool = False) -> float: ...
 

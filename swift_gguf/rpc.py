@@ -145,7 +145,7 @@ def serve(host: str, port: int, n_threads: int | None = None, allow_remote: bool
     # verification batches must compute each token as a one-token decode does (patch 0003); the client
     # cannot switch that per decode over RPC, so the worker's CPU backends have it on from the start
     # (a prompt batch of <= 32 tokens then uses the one-token kernels too: exact, but not upstream's order)
-    os.environ.setdefault("GGML_SWIFT_INVARIANT_BATCH", str(native.INVARIANT_MAX_BATCH))
+    os.environ.setdefault("GGML_SWIFT_INVARIANT_BATCH", str(native.INVARIANT_UBATCH))
     n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)   # llama.cpp rpc-server's default
     log(f"swift-gguf rpc-server: serving {', '.join(devs)} on {endpoint} ({n_threads} threads); stop with Ctrl-C")
     stopped = threading.Event()

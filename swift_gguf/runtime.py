@@ -15,6 +15,7 @@ from llama_cpp import llama_cpp as C
 
 from . import native, rpc
 from .errors import ContextFullError, DecodeError
+from .limits import MAX_VERIFY
 
 # llama_get_logits(_ith) returning a plain address (a separate function object: llama_cpp's own
 # binding, with its POINTER(c_float) result, stays untouched)
@@ -41,6 +42,9 @@ class Runtime:
         self.n_layer = C.llama_model_n_layer(model_ptr)
         self.n_ctx = C.llama_n_ctx(ctx_ptr)
         self.n_batch = n_batch
+        # most tokens one verification may hold: all of them must fit in one llama_decode call
+        # (decode() splits longer inputs into n_batch calls, keeping only the last one's logits)
+        self.max_verify = min(MAX_VERIFY, n_batch)
         self.mem = C.llama_get_memory(ctx_ptr)
         self._batch = C.llama_batch_init(n_batch, 0, 1)
         self._row_types: dict[int, type] = {}
@@ -87,10 +91,12 @@ class Runtime:
     def verify(self, tokens: Sequence[int], pos0: int, *, seq: int = 0) -> float:
         """Decode a verification batch (logits for every row): each row's logits are exactly those a
         one-token decode at its position gives (CPU, patch 0003), so accepting drafts against them is
-        lossless. Only here: every other batch (prompts) runs upstream's kernels, as llama.cpp's own."""
-        if len(tokens) > native.INVARIANT_MAX_BATCH:
-            raise ValueError(f"a verification batch holds at most {native.INVARIANT_MAX_BATCH} tokens, "
-                             f"got {len(tokens)}")
+        lossless; past limits.INVARIANT_UBATCH tokens llama.cpp splits the batch into ubatches of that
+        size (patch 0003), each so, all their logits kept. Only here: every other batch (prompts) runs
+        upstream's kernels and ubatch size, as llama.cpp's own."""
+        if len(tokens) > self.max_verify:
+            raise ValueError(f"a verification batch holds at most {self.max_verify} tokens here "
+                             f"(limits.MAX_VERIFY, and n_batch {self.n_batch}), got {len(tokens)}")
         native.set_batch_invariance(self.ctx)
         try:
             return self.decode(tokens, pos0, seq=seq, all_logits=True)

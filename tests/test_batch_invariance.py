@@ -64,6 +64,25 @@ OTHER = {
 }
 
 
+# verifications longer than one invariant ubatch (limits.INVARIANT_UBATCH = 32): llama.cpp decodes
+# them as ubatches of 32 and the rest (patch 0003, ABI 5), the second reading the K/V the first wrote;
+# 33 (a one-token tail), 40, 64 (limits.MAX_VERIFY: two full ubatches), starting below and across 256
+# and 512 cells
+LONG_SIZES = (33, 40, 64)
+
+
+@pytest.mark.parametrize("threads", ["default", "2/2"])
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "no-fa"])
+@pytest.mark.parametrize("name", MODELS)
+def test_long_verifications_split_into_invariant_ubatches(name, flash_attn, threads):
+    n_threads, n_threads_batch = THREADS[threads]
+    result = check_setting(resolve_model(name, progress=False), Setting(flash_attn, n_threads, n_threads_batch),
+                           positions=(100, 230, 480), sizes=LONG_SIZES)
+    assert result.error is None, result.error
+    assert result.rows == 3 * sum(LONG_SIZES)
+    assert result.passed, result.summary() + f"; first rows: {result.mismatches[:5]}"
+
+
 @pytest.mark.parametrize("other", list(OTHER))
 @pytest.mark.parametrize("name", MODELS)
 def test_verification_rows_with_other_settings(name, other):
@@ -91,7 +110,7 @@ def test_the_check_catches_a_batch_that_is_not_invariant():
         llm.close()
 
 
-BATCH_SIZES = (2, 5, 9, 17, 32)   # 32 = native.INVARIANT_MAX_BATCH (Runtime.verify)
+BATCH_SIZES = (2, 5, 9, 17, 32, 33, 64)   # 32: one invariant ubatch; 64: limits.MAX_VERIFY (two)
 
 
 def _load(name: str, flash_attn: bool, n_ctx: int = 1024) -> SwiftLlama:
@@ -180,5 +199,35 @@ def test_gemma3_speculative_greedy_equals_plain(bench_prompts):
             assert outs["swift"] == outs["off"], p["id"]
             drafted += llm.last_stats.drafted
         assert drafted > 0
+    finally:
+        llm.close()
+
+
+PASSAGE = ("The committee met on Tuesday to review the budget for the new library. After a long discussion, "
+           "the members agreed to fund the children's reading room, the digital archive and a small cafe "
+           "near the entrance, and asked the architect to present revised drawings at the next meeting in March.")
+
+
+@pytest.mark.parametrize("n_batch", [512, 16])
+def test_lookup_drafts_longer_than_one_ubatch_are_lossless(n_batch):
+    """A copied passage: lookup drafts of up to 60 tokens, verified in one call of two invariant ubatches
+    (at least one cycle accepts 32+ tokens), give plain decoding's output; with n_batch 16 a verification
+    must fit one llama_decode call of 16 (Runtime.max_verify), and drafts stay within it."""
+    llm = SwiftLlama(str(resolve_model("smollm2-135m", progress=False)), n_ctx=1024, n_batch=n_batch,
+                     profile=None, spec="off")
+    try:
+        prompt = llm.tokenize(f"Copy this text exactly, word for word:\n\n{PASSAGE}\n\nCopy:\n".encode())
+        outs = {}
+        for mode, kw in (("off", {}), ("swift", dict(spec_type="ngram", draft_max=60))):
+            llm.reset()
+            with llm.speculation(mode, **kw):
+                outs[mode] = [t.id for t in llm.generate_tokens(prompt, SamplingParams(), max_tokens=120)]
+        longest = max(i for i, c in enumerate(llm.last_stats.accepted_hist) if c)
+        assert outs["swift"] == outs["off"]
+        assert llm.rt.max_verify == min(n_batch, 64)
+        if n_batch == 512:
+            assert longest >= 32, llm.last_stats.accepted_hist   # a verification of 33+ tokens
+        else:
+            assert 8 <= longest <= 15, llm.last_stats.accepted_hist
     finally:
         llm.close()

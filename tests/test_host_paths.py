@@ -157,6 +157,7 @@ class FakeRuntime:
 
     def __init__(self, seconds, n_layer=6, n_ctx=512):
         self.seconds, self.n_layer, self.n_vocab, self.n_ctx = seconds, n_layer, 8, n_ctx
+        self.max_verify = 64
         self.log, self.mask = [], b""
 
     def verify(self, tokens, pos0, *, seq=0):
