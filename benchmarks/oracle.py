@@ -11,8 +11,11 @@ from __future__ import annotations
 import bisect
 
 from swift_gguf.costmodel import interpolate
+from swift_gguf.limits import MAX_VERIFY
 
-ORACLE_DRAFT_MAX = 16
+# as long as any draft of the engine may be (16 before verifications of up to 64 tokens: an oracle
+# held to shorter drafts than the policy it bounds would be no bound)
+ORACLE_DRAFT_MAX = MAX_VERIFY - 1
 
 
 class OracleError(RuntimeError):

@@ -47,7 +47,8 @@ turns and repetitions together; speedup = that over the baseline's on the same q
 Oracle: an oracle prompt-lookup drafter replayed on the baseline's own outputs: at each step
 the longest n-gram (3, then 2, then 1) ending the text so far that occurs earlier in prompt +
 output; among its occurrences, the one whose continuation agrees longest with what the model
-generates next; it drafts d <= that run (at most 16), d chosen to maximise (d+1)/v(d+1), and only
+generates next; it drafts d <= that run (at most limits.MAX_VERIFY - 1 = 63, as auto may; before
+2026-12-05 at most 16), d chosen to maximise (d+1)/v(d+1), and only
 when that exceeds 1 (else a plain step). v(n) and the plain step time are measured in this run
 by the `off` worker at several context lengths and interpolated; the oracle's speedup is plain
 time over oracle time, both in seconds, so it is weighted like the measured speedups. That is a
@@ -78,7 +79,7 @@ WORKER = "benchmarks.specbench_worker"   # run as a module from the repository r
 CATEGORIES = list(SPEC_BENCH_CATEGORIES)
 COLUMN_TITLES = ["Multi-turn Conversation", "Translation", "Summarization", "Question Answering",
                  "Mathematical Reasoning", "Retrieval-aug. Generation"]
-COST_SIZES = (2, 3, 4, 5, 7, 9, 13, 17)
+COST_SIZES = (2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 64)   # up to limits.MAX_VERIFY: what auto and the oracle may verify
 
 
 class BenchError(RuntimeError):

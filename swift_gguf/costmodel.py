@@ -147,7 +147,7 @@ class Costs:
 
     def __post_init__(self) -> None:
         self._tables: dict[int, tuple[int, np.ndarray]] = {}   # bucket -> (changes when built, v table)
-        self._curve: tuple[tuple, np.ndarray] | None = None    # (calibration, its v(n) * t_plain for n = 0..V_MAX)
+        self._curve: tuple[tuple, np.ndarray] | None = None    # (calibration, its v(n) for n = 0..V_MAX)
         self._cal_v: tuple[tuple, list[float]] | None = None   # (calibration's v, its v(n) for n = 0..V_MAX)
 
     @property
@@ -245,10 +245,15 @@ class Costs:
         b = bucket(n_ctx)
         t1 = self.plain_seconds(n_ctx)
         if self.known and t1 > 0:
-            # (cal + n * (t1 - t_plain)) / t1: attention growth per row since calibration
-            shape = _NS * (t1 - self.t_plain)
-            shape += self._calibration_seconds()
-            shape /= t1
+            # (cal + n * (t1 - t_plain)) / t1 = r v_cal(n) + (1 - r) n with r = t_plain / t1: each row pays
+            # the attention the context grew by since the calibration. r <= 1: a calibration slower than a
+            # plain step now was disturbed (a cold first call, a busy machine), not at a longer context,
+            # and its ratios v_cal(n) are what it measured well; unclamped, r > 1 made the shape negative
+            # for long drafts and a live point's level scaled it into nonsense (Qwen 0.5B replays: v(14)
+            # = 11 where it is 3.5, v(n) = 1 for every n in another bucket, 1.12x instead of 1.31x)
+            r = min(self.t_plain / t1, 1.0)
+            shape = _NS * (1.0 - r)
+            shape += self._calibration_curve() * r
         else:   # nothing calibrated: assume verification costs what n plain steps cost
             shape = _NS.copy()
         live = {n: e.mean / t1 for n, e in self.live.verify.get(b, {}).items()
@@ -269,11 +274,11 @@ class Costs:
         table[0] = 0.0
         return np.maximum.accumulate(table, out=table)   # verifying more never costs less
 
-    def _calibration_seconds(self) -> np.ndarray:
-        """The calibration's v(n) * t_plain for n = 0..V_MAX, computed once per calibration (not per table)."""
-        key = (self.t_plain, tuple(sorted(self.v.items())))
+    def _calibration_curve(self) -> np.ndarray:
+        """The calibration's v(n) for n = 0..V_MAX as an array, computed once per calibration (not per table)."""
+        key = tuple(sorted(self.v.items()))
         if self._curve is None or self._curve[0] != key:
-            self._curve = (key, np.array(self.calibration_v()) * self.t_plain)
+            self._curve = (key, np.array(self.calibration_v()))
         return self._curve[1]
 
     # -- saving ---------------------------------------------------------------------------

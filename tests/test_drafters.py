@@ -121,6 +121,23 @@ def test_v_table_prefers_live_numbers_and_shifts_calibration_by_context():
     assert c.v_table(100)[9] == pytest.approx(3.5)   # another bucket is unaffected
 
 
+def test_v_table_keeps_a_disturbed_calibrations_ratios():
+    """A calibration whose plain step was timed slower than generation's (a cold first call, a busy
+    machine) keeps its v(n) ratios: the context shift (each row paying the attention growth since the
+    calibration) must not turn negative. It did: the Qwen 0.5B Spec-Bench replay built tables with
+    v(14) = 11 where verification cost 3.5, and v(n) = 1 for every n in another bucket."""
+    c = Costs(t_plain=0.0164, v={2: 1.05, 3: 1.25, 5: 1.64, 9: 2.55, 17: 4.4}, n_ctx=50)
+    for _ in range(3):
+        c.observe_plain(400, 0.0129)   # generation's plain steps: faster than the calibration's
+    t = c.v_table(400)
+    assert t[9] == pytest.approx(2.55) and t[17] == pytest.approx(4.4) and t[40] > t[17]
+    for _ in range(20):                # one live size sets the level, the calibration the shape
+        c.observe_verify(400, 2, 0.0129 * 1.1)
+    live = c.v_table(400)
+    assert live[2] == pytest.approx(1.1) and live[17] == pytest.approx(4.4 * 1.1 / 1.05)
+    assert np.all(np.diff(live[1:]) >= 0) and np.all(live[2:] <= np.arange(2, len(live)))
+
+
 # -- the policy ----------------------------------------------------------------------------------
 
 def offer(name, accept, limit=16, c_token=0.0, c_fixed=0.0):

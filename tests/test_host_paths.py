@@ -23,7 +23,8 @@ def reference_table(c: Costs, n_ctx: int) -> np.ndarray:
     b, t1 = bucket(n_ctx), c.plain_seconds(n_ctx)
     ns = np.arange(V_MAX + 1, dtype=np.float64)
     if c.known and t1 > 0:
-        shape = (np.array([c.verify(int(n)) for n in ns]) * c.t_plain + ns * (t1 - c.t_plain)) / t1
+        r = min(c.t_plain / t1, 1.0)   # a calibration slower than a plain step now: its ratios as they are
+        shape = ns * (1.0 - r) + np.array([c.verify(int(n)) for n in ns]) * r
     else:
         shape = ns.copy()
     live = {n: e.mean / t1 for n, e in c.live.verify.get(b, {}).items() if e.n >= MIN_LIVE and t1 > 0 and n <= V_MAX}
