@@ -206,7 +206,7 @@ def gpu_offload_supported() -> bool:
     return bool(_llama_cpp.llama_supports_gpu_offload())
 
 
-# Backends whose verification batches (up to 32 tokens) compute every row bit for bit as a
+# Backends whose verification batches (up to 64 tokens, ubatches of 32) compute every row bit for bit as a
 # one-token decode does (patch 0003). Elsewhere (CUDA: per-batch-size matmul kernels, issue #17)
 # greedy speculative output can differ from plain decoding at near-ties.
 EXACT_BACKENDS = ("cpu",)
