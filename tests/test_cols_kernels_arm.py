@@ -53,7 +53,7 @@ def test_neon_multi_column_kernels_equal_one_column_kernels(tmp_path):
         # every kernel ran: the repacked layouts of this level and the four legacy vec_dot types
         k = "8x8" if "i8mm" in march else "8x4"
         q8 = "4x8" if "i8mm" in march else "4x4"
-        for name in (f"q4_K_{k}", f"q6_K_{k}", f"q8_0_{q8}", "q4_0 (vec_dot)", "q5_0 (vec_dot)",
+        for name in (f"q4_K_{k}", f"q5_K_{k}", f"q6_K_{k}", f"q8_0_{q8}", f"q4_0_{q8}", "iq4_nl_4x4", "q4_0 (vec_dot)", "q5_0 (vec_dot)",
                      "q8_0 (vec_dot)", "q4_1 (vec_dot)"):
             m = re.search(rf"^{re.escape(name)}.*checked\s+(\d+) differ 0", res.stdout, re.M)
             assert m and int(m.group(1)) > 5_000, report[-1]

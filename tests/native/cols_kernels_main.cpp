@@ -84,8 +84,11 @@ struct Type {
 #endif
 const Type TYPES[] = {
     {ARM_K == 8 ? "q4_K_8x8 (repacked gemv)" : "q4_K_8x4 (repacked gemv)", GGML_TYPE_Q4_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q4_K), sizeof(block_q8_K), QK_K, true, 8},
+    {ARM_K == 8 ? "q5_K_8x8 (repacked gemv)" : "q5_K_8x4 (repacked gemv)", GGML_TYPE_Q5_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q5_K), sizeof(block_q8_K), QK_K, true, 8},
     {ARM_K == 8 ? "q6_K_8x8 (repacked gemv)" : "q6_K_8x4 (repacked gemv)", GGML_TYPE_Q6_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q6_K), sizeof(block_q8_K), QK_K, true, 8},
     {ARM_Q8 == 8 ? "q8_0_4x8 (repacked gemv)" : "q8_0_4x4 (repacked gemv)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, true, 4},
+    {ARM_Q8 == 8 ? "q4_0_4x8 (repacked gemv)" : "q4_0_4x4 (repacked gemv)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, true, 4},
+    {"iq4_nl_4x4 (repacked gemv)", GGML_TYPE_IQ4_NL, GGML_TYPE_Q8_0, QK4_NL, sizeof(block_iq4_nl), sizeof(block_q8_0), QK8_0, true, 4},
     {"q4_0 (vec_dot)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, false, 0},
     {"q5_0 (vec_dot)", GGML_TYPE_Q5_0, GGML_TYPE_Q8_0, QK5_0, sizeof(block_q5_0), sizeof(block_q8_0), QK8_0, false, 0},
     {"q8_0 (vec_dot)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, false, 0},
@@ -142,8 +145,11 @@ int repack(const Type & T, int rows, int64_t k, const void * data, size_t size, 
     switch (T.wtype) {
 #if defined(__aarch64__)
         case GGML_TYPE_Q4_K:   return repack_q4_K_to_q4_K_8_bl(&t, ARM_K, data, size);
+        case GGML_TYPE_Q5_K:   return repack_q5_K_to_q5_K_8_bl(&t, ARM_K, data, size);
         case GGML_TYPE_Q6_K:   return repack_q6_K_to_q6_K_8_bl(&t, ARM_K, data, size);
         case GGML_TYPE_Q8_0:   return repack_q8_0_to_q8_0_4_bl(&t, ARM_Q8, data, size);
+        case GGML_TYPE_Q4_0:   return repack_q4_0_to_q4_0_4_bl(&t, ARM_Q8, data, size);
+        case GGML_TYPE_IQ4_NL: return repack_iq4_nl_to_iq4_nl_4_bl(&t, 4, data, size);
 #else
         case GGML_TYPE_Q4_K:   return repack_q4_K_to_q4_K_8_bl(&t, 8, data, size);
         case GGML_TYPE_Q4_0:   return repack_q4_0_to_q4_0_8_bl(&t, 8, data, size);
@@ -159,8 +165,11 @@ void one_column(const Type & T, int64_t k, int rows, const char * w, size_t wrow
         switch (T.wtype) {
 #if defined(__aarch64__)
             case GGML_TYPE_Q4_K: (ARM_K == 8 ? ggml_gemv_q4_K_8x8_q8_K : ggml_gemv_q4_K_8x4_q8_K)(k, out, 0, w, col, 1, rows); break;
+            case GGML_TYPE_Q5_K: (ARM_K == 8 ? ggml_gemv_q5_K_8x8_q8_K : ggml_gemv_q5_K_8x4_q8_K)(k, out, 0, w, col, 1, rows); break;
             case GGML_TYPE_Q6_K: (ARM_K == 8 ? ggml_gemv_q6_K_8x8_q8_K : ggml_gemv_q6_K_8x4_q8_K)(k, out, 0, w, col, 1, rows); break;
             case GGML_TYPE_Q8_0: (ARM_Q8 == 8 ? ggml_gemv_q8_0_4x8_q8_0 : ggml_gemv_q8_0_4x4_q8_0)(k, out, 0, w, col, 1, rows); break;
+            case GGML_TYPE_Q4_0: (ARM_Q8 == 8 ? ggml_gemv_q4_0_4x8_q8_0 : ggml_gemv_q4_0_4x4_q8_0)(k, out, 0, w, col, 1, rows); break;
+            case GGML_TYPE_IQ4_NL: ggml_gemv_iq4_nl_4x4_q8_0(k, out, 0, w, col, 1, rows); break;
 #else
             case GGML_TYPE_Q4_K:   ggml_gemv_q4_K_8x8_q8_K(k, out, 0, w, col, 1, rows); break;
             case GGML_TYPE_Q4_0:   ggml_gemv_q4_0_8x8_q8_0(k, out, 0, w, col, 1, rows); break;
@@ -206,8 +215,11 @@ bool multi_column(const Type & T, int64_t k, int rows, const char * w, size_t wr
     if (T.repacked) {
         switch (T.wtype) {
             case GGML_TYPE_Q4_K: (ARM_K == 8 ? ggml_gemv_q4_K_8x8_q8_K_cols : ggml_gemv_q4_K_8x4_q8_K_cols)(k, out, bs, w, cols, by, ncols, rows); break;
+            case GGML_TYPE_Q5_K: (ARM_K == 8 ? ggml_gemv_q5_K_8x8_q8_K_cols : ggml_gemv_q5_K_8x4_q8_K_cols)(k, out, bs, w, cols, by, ncols, rows); break;
             case GGML_TYPE_Q6_K: (ARM_K == 8 ? ggml_gemv_q6_K_8x8_q8_K_cols : ggml_gemv_q6_K_8x4_q8_K_cols)(k, out, bs, w, cols, by, ncols, rows); break;
             case GGML_TYPE_Q8_0: (ARM_Q8 == 8 ? ggml_gemv_q8_0_4x8_q8_0_cols : ggml_gemv_q8_0_4x4_q8_0_cols)(k, out, bs, w, cols, by, ncols, rows); break;
+            case GGML_TYPE_Q4_0: (ARM_Q8 == 8 ? ggml_gemv_q4_0_4x8_q8_0_cols : ggml_gemv_q4_0_4x4_q8_0_cols)(k, out, bs, w, cols, by, ncols, rows); break;
+            case GGML_TYPE_IQ4_NL: ggml_gemv_iq4_nl_4x4_q8_0_cols(k, out, bs, w, cols, by, ncols, rows); break;
             default: abort();
         }
         return true;
