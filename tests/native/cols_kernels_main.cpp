@@ -89,6 +89,10 @@ const Type TYPES[] = {
     {ARM_Q8 == 8 ? "q8_0_4x8 (repacked gemv)" : "q8_0_4x4 (repacked gemv)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, true, 4},
     {ARM_Q8 == 8 ? "q4_0_4x8 (repacked gemv)" : "q4_0_4x4 (repacked gemv)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, true, 4},
     {"iq4_nl_4x4 (repacked gemv)", GGML_TYPE_IQ4_NL, GGML_TYPE_Q8_0, QK4_NL, sizeof(block_iq4_nl), sizeof(block_q8_0), QK8_0, true, 4},
+    {"q4_K (vec_dot)", GGML_TYPE_Q4_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q4_K), sizeof(block_q8_K), QK_K, false, 0},
+    {"q5_K (vec_dot)", GGML_TYPE_Q5_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q5_K), sizeof(block_q8_K), QK_K, false, 0},
+    {"q6_K (vec_dot)", GGML_TYPE_Q6_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q6_K), sizeof(block_q8_K), QK_K, false, 0},
+    {"iq4_xs (vec_dot)", GGML_TYPE_IQ4_XS, GGML_TYPE_Q8_K, QK_K, sizeof(block_iq4_xs), sizeof(block_q8_K), QK_K, false, 0},
     {"q4_0 (vec_dot)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, false, 0},
     {"q5_0 (vec_dot)", GGML_TYPE_Q5_0, GGML_TYPE_Q8_0, QK5_0, sizeof(block_q5_0), sizeof(block_q8_0), QK8_0, false, 0},
     {"q8_0 (vec_dot)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, false, 0},
@@ -199,7 +203,7 @@ void one_column(const Type & T, int64_t k, int rows, const char * w, size_t wrow
 // the legacy quants' rows with an odd number of blocks (arch/arm/quants.c says why)
 bool declined(const Type & T, int64_t k) {
 #if defined(__aarch64__)
-    return !T.repacked && (k / T.ablck) % 2 != 0;
+    return !T.repacked && T.ablck == QK8_0 && (k / T.ablck) % 2 != 0;
 #else
     (void) T; (void) k;
     return false;
