@@ -8,8 +8,9 @@ mmla kernels) and runs tests/native/arm/verify_check.cpp under `qemu-aarch64 -cp
 of 100 and 300 tokens, batches of n = 2, 9, 17 with the invariance setting (and without it, the
 negative control) against n one-token decodes, flash attention on and off, threads 2/2 and 1/2
 (llama-cpp-python's default on 2 cores), SmolLM2 (Q4_1/Q8_0) and Gemma 3 (Q4_K/Q6_K/Q5_0/Q8_0).
-ARM runs ggml's one-column kernels for verification (no NEON multi-column kernels yet): this checks
-that the patches' dispatch keeps them exact there. Needs aarch64-linux-gnu-g++, qemu-user, cmake and
+Verification batches on ARM go through patch 0006's NEON multi-column kernels (dot products and the
+repacked GEMVs of each level; tests/test_cols_kernels_arm.py checks them kernel by kernel): this checks
+them, and the dispatch around them, end to end on real models. Needs aarch64-linux-gnu-g++, qemu-user, cmake and
 ninja (.ci/run installs qemu-user); about 14 minutes on 2 cores from scratch (two cross-builds and
 32 emulated comparisons), the builds cached per patch set.
 """
