@@ -71,6 +71,17 @@ struct Type {
     int rowgroup;        // rows per interleaved group (repacked layouts)
 };
 
+// the one-column-dot types, the same on every ISA (each table adds the repacked GEMVs of its own)
+#define VEC_DOT_TYPES \
+    {"q4_K (vec_dot)", GGML_TYPE_Q4_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q4_K), sizeof(block_q8_K), QK_K, false, 0}, \
+    {"q5_K (vec_dot)", GGML_TYPE_Q5_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q5_K), sizeof(block_q8_K), QK_K, false, 0}, \
+    {"q6_K (vec_dot)", GGML_TYPE_Q6_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q6_K), sizeof(block_q8_K), QK_K, false, 0}, \
+    {"iq4_xs (vec_dot)", GGML_TYPE_IQ4_XS, GGML_TYPE_Q8_K, QK_K, sizeof(block_iq4_xs), sizeof(block_q8_K), QK_K, false, 0}, \
+    {"q4_0 (vec_dot)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, false, 0}, \
+    {"q5_0 (vec_dot)", GGML_TYPE_Q5_0, GGML_TYPE_Q8_0, QK5_0, sizeof(block_q5_0), sizeof(block_q8_0), QK8_0, false, 0}, \
+    {"q8_0 (vec_dot)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, false, 0}, \
+    {"q4_1 (vec_dot)", GGML_TYPE_Q4_1, GGML_TYPE_Q8_1, QK4_1, sizeof(block_q4_1), sizeof(block_q8_1), QK8_1, false, 0},
+
 #if defined(__aarch64__)
 // ARM64 with dotprod: the layouts ggml_repack_get_optimal_repack_type picks (8x8 / 4x8 with i8mm, 8x4 / 4x4
 // without; `inter` is the interleave block), the vec_dot types that are not repacked (or whose row count is not a
@@ -89,28 +100,14 @@ const Type TYPES[] = {
     {ARM_Q8 == 8 ? "q8_0_4x8 (repacked gemv)" : "q8_0_4x4 (repacked gemv)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, true, 4},
     {ARM_Q8 == 8 ? "q4_0_4x8 (repacked gemv)" : "q4_0_4x4 (repacked gemv)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, true, 4},
     {"iq4_nl_4x4 (repacked gemv)", GGML_TYPE_IQ4_NL, GGML_TYPE_Q8_0, QK4_NL, sizeof(block_iq4_nl), sizeof(block_q8_0), QK8_0, true, 4},
-    {"q4_K (vec_dot)", GGML_TYPE_Q4_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q4_K), sizeof(block_q8_K), QK_K, false, 0},
-    {"q5_K (vec_dot)", GGML_TYPE_Q5_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q5_K), sizeof(block_q8_K), QK_K, false, 0},
-    {"q6_K (vec_dot)", GGML_TYPE_Q6_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q6_K), sizeof(block_q8_K), QK_K, false, 0},
-    {"iq4_xs (vec_dot)", GGML_TYPE_IQ4_XS, GGML_TYPE_Q8_K, QK_K, sizeof(block_iq4_xs), sizeof(block_q8_K), QK_K, false, 0},
-    {"q4_0 (vec_dot)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, false, 0},
-    {"q5_0 (vec_dot)", GGML_TYPE_Q5_0, GGML_TYPE_Q8_0, QK5_0, sizeof(block_q5_0), sizeof(block_q8_0), QK8_0, false, 0},
-    {"q8_0 (vec_dot)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, false, 0},
-    {"q4_1 (vec_dot)", GGML_TYPE_Q4_1, GGML_TYPE_Q8_1, QK4_1, sizeof(block_q4_1), sizeof(block_q8_1), QK8_1, false, 0},
+    VEC_DOT_TYPES
 };
 #else
 const Type TYPES[] = {
     {"q4_K_8x8 (repacked gemv)", GGML_TYPE_Q4_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q4_K), sizeof(block_q8_K), QK_K, true, 8},
     {"q4_0_8x8 (repacked gemv)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, true, 8},
     {"iq4_nl_8x8 (repacked gemv)", GGML_TYPE_IQ4_NL, GGML_TYPE_Q8_0, QK4_NL, sizeof(block_iq4_nl), sizeof(block_q8_0), QK8_0, true, 8},
-    {"q4_K (vec_dot)", GGML_TYPE_Q4_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q4_K), sizeof(block_q8_K), QK_K, false, 0},
-    {"q5_K (vec_dot)", GGML_TYPE_Q5_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q5_K), sizeof(block_q8_K), QK_K, false, 0},
-    {"q6_K (vec_dot)", GGML_TYPE_Q6_K, GGML_TYPE_Q8_K, QK_K, sizeof(block_q6_K), sizeof(block_q8_K), QK_K, false, 0},
-    {"iq4_xs (vec_dot)", GGML_TYPE_IQ4_XS, GGML_TYPE_Q8_K, QK_K, sizeof(block_iq4_xs), sizeof(block_q8_K), QK_K, false, 0},
-    {"q4_0 (vec_dot)", GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, QK4_0, sizeof(block_q4_0), sizeof(block_q8_0), QK8_0, false, 0},
-    {"q5_0 (vec_dot)", GGML_TYPE_Q5_0, GGML_TYPE_Q8_0, QK5_0, sizeof(block_q5_0), sizeof(block_q8_0), QK8_0, false, 0},
-    {"q8_0 (vec_dot)", GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, QK8_0, sizeof(block_q8_0), sizeof(block_q8_0), QK8_0, false, 0},
-    {"q4_1 (vec_dot)", GGML_TYPE_Q4_1, GGML_TYPE_Q8_1, QK4_1, sizeof(block_q4_1), sizeof(block_q8_1), QK8_1, false, 0},
+    VEC_DOT_TYPES
 };
 
 #endif
