@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import NativeLibraryError
-# Verification batches (draft length + 1) stay within this; the graph cache of 0002 uses the same bound
+# The invariant ubatch size the setting is turned on with: verification batches (up to limits.MAX_VERIFY)
+# are decoded in ubatches of at most this many tokens, and the graph cache of 0002 uses the same bound
 # (one constant, kept in a module the policy layer imports without llama_cpp)
 from .limits import INVARIANT_UBATCH
 
