@@ -38,6 +38,11 @@ BACKOFF_EVIDENCE = 8     # decayed cycles of a drafter before a measured loss is
 BACKOFF_DECAY = 0.95
 BACKOFF_LOSS = 0.9        # measured tokens per plain-step cost below which a drafter sits out
                           # (near 1 the measurement's noise, not a loss: the acceptance model adapts)
+# A stationary drafter's offer (layer skipping: the same wherever the stream is) is asked again after
+# this many generated tokens, or at once after anything it rests on changed (Controller.refresh): while
+# nothing pays, asking it, its v table and its choice every token cost ~3 us of a ~300 us step on a
+# fast backend (benchmarks/host_work.py); a table or cost that moved meanwhile is noticed 16 tokens late
+HOLD_TOKENS = 16
 
 
 def resolve_spec_type(spec_type: str | None, mode: str) -> str:
@@ -168,6 +173,7 @@ class Plan:
 # plans that are the same every time (shared: plans are read, never changed)
 OFF_PLAN = Plan(None, reason="speculation off")
 NO_DECISION = Plan(None)
+NOT_QUIET = (None, 0, 0, None, None, None)
 
 
 class Controller:
@@ -190,6 +196,8 @@ class Controller:
         self._memo: dict[tuple, tuple] = {}     # best_length's results for that table
         self._last_plain: Plan | None = None
         self._last_idle: Plan | None = None
+        self._held: dict[str, tuple] = {}       # stationary drafter -> (its offer, held until: generated count)
+        self._quiet = NOT_QUIET                 # (held offer, until, length limit, margin, mode, its plain plan)
         self._names_for: tuple = (None, [])     # (spec_type, mode) -> the drafters they use
 
     def _names(self) -> list[str]:
@@ -211,25 +219,54 @@ class Controller:
             return NO_DECISION
         if cfg.mode == "auto" and not self.budget.allows():
             return self._over_budget()
-        offers, idle = [], []   # idle: why each other drafter sits out (a reason, or the drafter to ask)
+        offers = []
+        auto, generated = cfg.mode == "auto", self.generated
         for name in self._names():
-            if name in self.unavailable:
-                idle.append(self.unavailable[name])
-            elif cfg.mode == "auto" and not self.backoff.allows(name, self.generated):
-                idle.append(self._reasons.get(name, ""))
-            elif (o := self.drafters[name].offer(stream, stream.n_past)) is not None:
+            if name in self.unavailable or (auto and not self.backoff.allows(name, generated)):
+                continue
+            o = self._ask(name, stream)
+            if o is not None:
                 offers.append(o)
-            else:
-                idle.append(self.drafters[name])
         if not offers:
-            return self._idle(idle)
+            return self._idle()
         swift = cfg.mode == "swift"
         cap = min(d_cap, MAX_VERIFY - 1, cfg.draft_max or MAX_VERIFY)
+        limit = min(cap, offers[0].limit)
+        quiet = self._quiet
+        if (len(offers) == 1 and quiet[0] is offers[0] and self.generated < quiet[1]
+                and quiet[3] == cfg.margin and quiet[4] == cfg.mode
+                and (limit == quiet[2] or (limit < quiet[2] and quiet[5].speedup < EXPLORE_MIN))):
+            # a held offer's plain verdict (see _ask), for the same settings; one for a longer limit holds
+            # for a shorter one (the best over fewer lengths is no better) unless it might explore
+            # (the last tokens of an answer lower the limit every token); its speedup is then a bound
+            return quiet[5]
         c = choose(offers, self._v(stream.n_past), cap, cfg.margin,
                    fixed=cfg.draft_max if swift else None, lengths=self._lengths)
         if c.offer is not None and (swift or c.pays or self._explore(c, stream.n_past)):
             return Plan(c.offer, c.d, c.speedup)
-        return self._plain(c.speedup)
+        plain = self._plain(c.speedup)
+        if len(offers) == 1 and offers[0].drafter.stationary:
+            self._quiet = (offers[0], self.generated + HOLD_TOKENS, limit, cfg.margin, cfg.mode, plain)
+        return plain
+
+    def _ask(self, name: str, stream: TokenStream) -> Offer | None:
+        """A drafter's offer. A stationary drafter's (one that does not depend on the stream: layer
+        skipping) is held for HOLD_TOKENS generated tokens, unless `refresh` comes first."""
+        d = self.drafters[name]
+        if not d.stationary:
+            return d.offer(stream, stream.n_past)
+        held = self._held.get(name)
+        if held is not None and self.generated < held[1]:
+            return held[0]
+        o = d.offer(stream, stream.n_past)
+        self._held[name] = (o, self.generated + HOLD_TOKENS)
+        return o
+
+    def refresh(self) -> None:
+        """Ask every drafter again at the next plan: something a held offer rests on may have changed
+        (a cycle was observed, the search probed a skip set, a new request with other settings)."""
+        self._held.clear()
+        self._quiet = NOT_QUIET
 
     def _v(self, n_ctx: int) -> list[float]:
         """The v table as a list, converted once per table: best_length's arithmetic on Python floats
@@ -258,12 +295,18 @@ class Controller:
         self._memo[key] = (accept, result)
         return result
 
-    def _idle(self, idle: list) -> Plan:
-        """A plain step because no drafter can draft, with the first reason given (asked only now:
-        while another drafter offers, nobody reads them); the last such plan again for the same reason."""
+    def _idle(self) -> Plan:
+        """A plain step because no drafter can draft, with the first reason in the drafters' order (asked
+        only now: while another drafter offers, nobody reads them); the last such plan again for the
+        same reason."""
         why = ""
-        for r in idle:
-            why = r if isinstance(r, str) else r.idle_reason()
+        for name in self._names():
+            if name in self.unavailable:
+                why = self.unavailable[name]
+            elif self.config.mode == "auto" and not self.backoff.allows(name, self.generated):
+                why = self._reasons.get(name, "")
+            else:
+                why = self.drafters[name].idle_reason()
             if why:
                 break
         last = self._last_idle
@@ -297,6 +340,7 @@ class Controller:
 
     def observe(self, drafter: str, drafted: int, emitted: int, seconds: float, n_ctx: int) -> None:
         """One cycle's outcome: drafted and emitted tokens, its draft + verification seconds."""
+        self.refresh()   # the drafter learned from it
         if self.config.mode != "auto":
             return
         t1 = self.costs.plain_seconds(n_ctx)

@@ -41,7 +41,13 @@ EMA = 0.2           # weight of a new measurement in running averages
 BUCKET_BASE = 128   # context buckets: [0, 128), [128, 256), [256, 512), ... (each doubles)
 MIN_LIVE = 2        # live observations before a live number replaces the calibration's
 OUTLIER = 3.0       # a live sample counts at most this multiple of the running average
-V_REFRESH = 16      # live observations in a bucket between recomputations of its v table
+# A bucket's v table is recomputed once its live observations weigh V_REFRESH: a verification
+# V_VERIFY_WEIGHT, a plain step 1. Verifications are what the table is made of (one moves an entry);
+# plain steps only move the unit, slowly, and come every token: rebuilding a table every 16 of them
+# cost ~3 us a token on a fast backend (benchmarks/host_work.py), every 64 a quarter of that
+V_REFRESH = 64
+V_VERIFY_WEIGHT = 4   # so 16 verifications, as before plain steps were told apart
+V_DRIFT = 0.02        # ... and where only plain steps came, only once the plain step moved by this share
 V_MAX = 64          # verification sizes the tables cover (v[n] for n <= V_MAX)
 # The one draft maximum every prediction assumes unless draft_max says otherwise (the layer-skip
 # drafter's longest offer, the search's ranking, pacing, predicted_speedup): at the acceptance a
@@ -124,7 +130,8 @@ class LiveCosts:
         self.plain: dict[int, Ema] = {}               # bucket -> seconds per plain decode step
         self.verify: dict[int, dict[int, Ema]] = {}   # bucket -> n -> seconds per verification of n
         self.draft: dict[str, Ema] = {}               # drafter -> draft cost (plain steps, see observe_draft)
-        self.changes: dict[int, int] = {}             # bucket -> observations (drives table refreshes)
+        self.changes: dict[int, int] = {}             # bucket -> weight of its observations (table refreshes)
+        self.verified: dict[int, int] = {}            # bucket -> verifications observed
 
     def to_json(self) -> dict:
         return {
@@ -146,7 +153,7 @@ class Costs:
     live: LiveCosts = field(default_factory=LiveCosts, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._tables: dict[int, tuple[int, np.ndarray]] = {}   # bucket -> (changes when built, v table)
+        self._tables: dict[int, tuple] = {}   # bucket -> (changes, verified, plain seconds when built, v table)
         self._curve: tuple[tuple, np.ndarray] | None = None    # (calibration, its v(n) for n = 0..V_MAX)
         self._cal_v: tuple[tuple, list[float]] | None = None   # (calibration's v, its v(n) for n = 0..V_MAX)
 
@@ -177,11 +184,21 @@ class Costs:
     # -- live measurements ----------------------------------------------------------------
 
     def observe_plain(self, n_ctx: int, seconds: float) -> None:
-        self._live(n_ctx, self.live.plain.setdefault(bucket(n_ctx), Ema()), seconds)
+        # (every token: no Ema built to be thrown away, the bucket computed once)
+        b = bucket(n_ctx)
+        live = self.live
+        ema = live.plain.get(b)
+        if ema is None:
+            ema = live.plain[b] = Ema()
+        ema.add(seconds)
+        live.changes[b] = live.changes.get(b, 0) + 1
 
     def observe_verify(self, n_ctx: int, n: int, seconds: float) -> None:
         b = bucket(n_ctx)
-        self._live(n_ctx, self.live.verify.setdefault(b, {}).setdefault(n, Ema()), seconds)
+        live = self.live
+        live.verify.setdefault(b, {}).setdefault(n, Ema()).add(seconds)
+        live.changes[b] = live.changes.get(b, 0) + V_VERIFY_WEIGHT
+        live.verified[b] = live.verified.get(b, 0) + 1
 
     def observe_draft(self, drafter: str, n_ctx: int, seconds: float, per: int = 1) -> None:
         """A drafter's cost in plain steps at this context: seconds / per (per token, or 1 per cycle)."""
@@ -202,11 +219,6 @@ class Costs:
     def reset_draft(self, drafter: str) -> None:
         """Forget a drafter's live cost (its skip set changed)."""
         self.live.draft.pop(drafter, None)
-
-    def _live(self, n_ctx: int, ema: Ema, seconds: float) -> None:
-        ema.add(seconds)
-        b = bucket(n_ctx)
-        self.live.changes[b] = self.live.changes.get(b, 0) + 1
 
     # -- what the controller asks ------------------------------------------------------------
 
@@ -232,14 +244,20 @@ class Costs:
         changes = self.live.changes.get(b, 0)
         cached = self._tables.get(b)
         if cached is not None and changes - cached[0] < V_REFRESH and (changes > 0 or cached[0] == 0):
-            return cached[1]
+            return cached[3]
+        verified = self.live.verified.get(b, 0)
+        t1 = self.plain_seconds(n_ctx)
+        if cached is not None and cached[1] == verified and abs(t1 - cached[2]) <= V_DRIFT * cached[2]:
+            # only plain steps came, and the unit moved by less than V_DRIFT since the table was built
+            self._tables[b] = (changes, verified, cached[2], cached[3])
+            return cached[3]
         table = self._build_table(n_ctx)
-        self._tables[b] = (changes, table)
+        self._tables[b] = (changes, verified, t1, table)
         return table
 
     def _build_table(self, n_ctx: int) -> np.ndarray:
         # Few numpy calls, in place where the result is the same, the calibration's curve computed
-        # once: a table is rebuilt every V_REFRESH plain steps, and per-size Python loops here took
+        # once: a table was rebuilt every 16 plain steps, and per-size Python loops here took
         # ~0.2 ms per table, 12-15 us per token on a fast backend (benchmarks/host_work.py; now
         # ~45 us per table)
         b = bucket(n_ctx)

@@ -16,6 +16,7 @@ drafter it talks to.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
@@ -85,6 +86,7 @@ class Offer:
 
 class Drafter(Protocol):
     name: str
+    stationary: bool   # its offer does not depend on the stream (the controller may hold it a while)
 
     def offer(self, stream: TokenStream, n_ctx: int) -> Offer | None: ...
 
@@ -99,55 +101,72 @@ class Acceptance:
     """Conditional acceptance per (class, draft position) from decayed counts and a prior.
 
     Position i of a draft is observed when positions 1..i-1 were accepted; it is accepted
-    when the verifier chose the drafted token there.
+    when the verifier chose the drafted token there. Plain Python lists: an observation touches
+    the few positions a draft reached (numpy's whole-row operations cost ~30 us each time).
     """
 
     def __init__(self, prior: Sequence, positions: int, weight: float = PRIOR_WEIGHT,
                  decay: float = DECAY):
         """prior: per class, one probability for every position or (first position, later ones)."""
-        self.prior = np.array([np.r_[p[0], np.full(positions - 1, p[1])] if np.ndim(p) else np.full(positions, p)
-                               for p in prior], np.float64)
+        self.prior = [[float(p[0])] + [float(p[1])] * (positions - 1) if np.ndim(p) else [float(p)] * positions
+                      for p in prior]
         self.weight, self.decay = weight, decay
-        self.accepted = np.zeros((len(prior), positions))
-        self.seen = np.zeros((len(prior), positions))
+        self._accepted = [[0.0] * positions for _ in prior]
+        self._seen = [[0.0] * positions for _ in prior]
         self._probs = [list(row) for row in self.prior]
+
+    @property
+    def seen(self) -> np.ndarray:
+        """Decayed observations per class and position (a copy)."""
+        return np.array(self._seen)
 
     def probs(self, key: int) -> list[float]:
         return self._probs[key]
 
     def observe(self, key: int, drafted: int, n_accepted: int) -> None:
-        reached = min(n_accepted + 1, drafted, self.seen.shape[1])
+        acc, seen, prior = self._accepted[key], self._seen[key], self.prior[key]
+        reached = min(n_accepted + 1, drafted, len(seen))
         if reached <= 0:
             return
-        acc, seen = self.accepted[key], self.seen[key]
-        acc[:reached] *= self.decay
-        seen[:reached] *= self.decay
-        seen[:reached] += 1.0
-        acc[:min(n_accepted, reached)] += 1.0
-        num, den = acc + self.weight * self.prior[key], seen + self.weight
-        self._probs[key] = np.where(den > 0, num / np.maximum(den, 1e-12), self.prior[key]).tolist()
+        w, decay = self.weight, self.decay
+        probs = list(self._probs[key])   # a new list: the controller remembers results per list object
+        for i in range(reached):
+            a = acc[i] * decay + (1.0 if i < n_accepted else 0.0)
+            n = seen[i] * decay + 1.0
+            acc[i], seen[i] = a, n
+            probs[i] = (a + w * prior[i]) / (n + w)
+        self._probs[key] = probs
 
     def to_json(self) -> dict:
         return {str(k): [round(x, 3) for x in self._probs[k][:8]] for k in range(len(self.prior))
-                if self.seen[k, 0] > 0}
+                if self._seen[k][0] > 0}
 
 
 # -- prompt lookup --------------------------------------------------------------------------
 
 class NgramIndex:
-    """End positions of every n-gram (n = 1..n_max) of a token list, kept in step with it.
+    """End positions of every n-gram (n = 1..n_max) of a token list, kept in step with it, and
+    the positions of its end-of-generation tokens.
 
     `sync(tokens)` makes the index describe `tokens`: a stream's token list only grows, so
     for the same list only the new tokens are added; another list (the next request, the
     next chat turn) keeps the common prefix and re-indexes the rest.
+
+    A new token is indexed as a unigram only (its key is the token itself); its longer
+    n-grams and whether it ends generation are indexed when `match` needs them, which is
+    only where the last token occurred before. Text that does not repeat (where nothing can
+    be looked up) costs one dict entry a token: on a fast backend the full index cost ~2 us
+    of a ~300 us step (benchmarks/host_work.py).
     """
 
-    def __init__(self, n_max: int = NGRAM_MAX):
+    def __init__(self, n_max: int = NGRAM_MAX, is_eog: Callable[[int], bool] = lambda t: False):
         self.n_max = n_max
+        self.is_eog = is_eog
         self.tokens: list[int] = []
-        self.ends: dict[tuple[int, ...], list[int]] = {}
+        self.ends: dict = {}          # token -> end positions; (n-gram tuple, n >= 2) -> end positions
+        self.eog: list[int] = []      # positions < _full holding an end-of-generation token, ascending
+        self._full = 0                # positions < _full have every n-gram indexed, later ones their unigram
         self._source: list[int] | None = None
-        self._tail: tuple[int, list[list[int]]] | None = None   # (last position, its n-grams' end lists)
 
     def sync(self, tokens: list[int]) -> None:
         n = len(self.tokens)
@@ -160,36 +179,55 @@ class NgramIndex:
                 keep = min(n, len(tokens))
             self._truncate(keep)
             self._source = tokens
-        for j in range(len(self.tokens), len(tokens)):
-            self._append(tokens[j])
+        self._extend(tokens)
 
-    def _append(self, tok: int) -> None:
-        toks, j = self.tokens, len(self.tokens)
-        toks.append(tok)
-        tail = []
-        for n in range(1, min(self.n_max, j + 1) + 1):
-            ends = self.ends.setdefault(tuple(toks[j - n + 1:]), [])
-            ends.append(j)
-            tail.append(ends)
-        self._tail = (j, tail)
+    def _extend(self, tokens: list[int]) -> None:
+        """Index tokens[len(self.tokens):] as unigrams (the rest equals self.tokens)."""
+        toks, ends = self.tokens, self.ends
+        for j in range(len(toks), len(tokens)):
+            t = tokens[j]
+            toks.append(t)
+            e = ends.get(t)
+            if e is None:
+                ends[t] = [j]
+            else:
+                e.append(j)
+
+    def complete(self) -> None:
+        """Index the longer n-grams and end-of-generation tokens of every position not yet done."""
+        toks, ends, n_max = self.tokens, self.ends, self.n_max
+        for j in range(self._full, len(toks)):
+            for n in range(2, min(n_max, j + 1) + 1):
+                key = tuple(toks[j - n + 1:j + 1])
+                e = ends.get(key)
+                if e is None:
+                    ends[key] = [j]
+                else:
+                    e.append(j)
+            if self.is_eog(toks[j]):
+                self.eog.append(j)
+        self._full = len(toks)
 
     def _truncate(self, keep: int) -> None:
-        self._tail = None   # its lists may leave the index
         toks = self.tokens
         if keep < len(toks) - keep:   # (a new request) indexing the kept tokens afresh is less work
             kept = toks[:keep]
             del toks[:]
             self.ends.clear()
-            for t in kept:
-                self._append(t)
+            self.eog.clear()
+            self._full = 0
+            self._extend(kept)
             return
         for j in range(len(toks) - 1, keep - 1, -1):
-            for n in range(1, min(self.n_max, j + 1) + 1):
-                key = tuple(toks[j - n + 1:j + 1])
+            for n in range(1, (min(self.n_max, j + 1) if j < self._full else 1) + 1):
+                key = toks[j] if n == 1 else tuple(toks[j - n + 1:j + 1])
                 ends = self.ends[key]
                 ends.pop()   # j is its latest end: positions were appended in order
                 if not ends:
                     del self.ends[key]
+        while self.eog and self.eog[-1] >= keep:
+            self.eog.pop()
+        self._full = min(self._full, keep)
         del toks[keep:]
 
     def match(self) -> tuple[int, int, bool] | None:
@@ -199,12 +237,14 @@ class NgramIndex:
         continue with the same token. None without any."""
         toks = self.tokens
         e = len(toks) - 1
-        # the end's n-grams were just indexed by _append: their lists, without building the keys again
-        tail = self._tail[1] if self._tail is not None and self._tail[0] == e else None
-        if tail is not None and len(tail[0]) < 2:   # its last token occurs nowhere earlier (the common case)
+        if e < 1:
             return None
+        last = self.ends[toks[e]]
+        if len(last) < 2:   # its last token occurs nowhere earlier (where text does not repeat)
+            return None
+        self.complete()
         for n in range(min(self.n_max, e), 0, -1):
-            ends = tail[n - 1] if tail is not None else self.ends.get(tuple(toks[e - n + 1:]))
+            ends = last if n == 1 else self.ends.get(tuple(toks[e - n + 1:]))
             if ends is None or len(ends) < 2:   # its last end is e itself
                 continue
             best = None
@@ -218,6 +258,15 @@ class NgramIndex:
                     best = (m, q)
             return best[0], best[1], len(nexts) == 1
         return None
+
+    def continuation(self, q: int, limit: int) -> list[int]:
+        """Up to limit tokens after position q, cut after an end-of-generation token (nothing follows
+        one); positions up to the list's end indexed (`complete`)."""
+        stop = q + 1 + limit
+        i = bisect.bisect_right(self.eog, q)
+        if i < len(self.eog):
+            stop = min(stop, self.eog[i] + 1)
+        return self.tokens[q + 1:stop]
 
 
 def offer_class(m: int, agree: bool) -> int:
@@ -233,17 +282,16 @@ class LookupDrafter:
     """Prompt lookup over the prompt and everything generated (an n-gram index kept in step)."""
 
     name = LOOKUP
+    stationary = False
 
     def __init__(self, costs: CostModel, is_eog: Callable[[int], bool] = lambda t: False):
         self.costs = costs
-        self.is_eog = is_eog
-        self.index = NgramIndex()
+        self.index = NgramIndex(is_eog=is_eog)
         self.acceptance = Acceptance(LOOKUP_PRIOR, LOOKUP_MAX)
         self._shadow: tuple[int, list[int], int] | None = None   # (class, continuation, its stream position)
         self._offer_seconds = 0.0
 
     def offer(self, stream: TokenStream, n_ctx: int) -> Offer | None:
-        start = time.perf_counter()
         tokens = stream.tokens
         if self._shadow is not None:   # (an earlier offer waits for its verdict: rarely, per token)
             self._resolve_shadow(tokens)
@@ -251,13 +299,11 @@ class LookupDrafter:
         found = self.index.match()
         if found is None:
             return None
+        # (the draft's cost: what drafting adds; keeping the index and matching come every token anyway)
+        start = time.perf_counter()
         m, q, agree = found
         key = offer_class(m, agree)
-        cont = self.index.tokens[q + 1:q + 1 + LOOKUP_MAX]
-        for i, t in enumerate(cont):
-            if self.is_eog(t):   # nothing follows an end-of-generation token
-                del cont[i + 1:]
-                break
+        cont = self.index.continuation(q, LOOKUP_MAX)
         if self._shadow is None:   # checked against what follows, whatever the controller does
             self._shadow = (key, cont, len(tokens))
         self._offer_seconds = time.perf_counter() - start
@@ -301,12 +347,14 @@ class LayerSkipDrafter:
     """The model drafts for itself with a skip set (SWIFT); stops below the confidence threshold."""
 
     name = LAYER_SKIP
+    stationary = True
 
     def __init__(self, rt: Runtime, config: SpecSettings, search: LayerSearch, costs: Costs):
         self.rt, self.config, self.search, self.costs = rt, config, search, costs
         self._live = Decayed(LIVE_DECAY)           # accepted / drafted tokens of this skip set
         self._low_conf = Decayed(LOW_CONF_DECAY)   # accepted / seen drafts below epsilon
         self._set = None              # the skip set the live numbers belong to
+        self._set_empty = True        # ... whether it is empty (asked every token)
         self._scratch = np.empty(rt.n_vocab, np.float32)   # top1's work buffer
         self._offer: Offer | None = None   # the last offer, made again while its numbers are the same
 
@@ -328,8 +376,11 @@ class LayerSkipDrafter:
 
     def offer(self, stream: TokenStream, n_ctx: int) -> Offer | None:
         skip = self.skip
+        if skip is None:
+            return None
+        self._follow_set()
         # an empty set drafts at full cost: only where asked to (swift mode: every draft is exact)
-        if skip is None or (not skip and self.config.mode != "swift"):
+        if self._set_empty and self.config.mode != "swift":
             return None
         n = max(LAYER_SKIP_MAX, self.config.draft_max or 0)
         alpha, cost = self.alpha(), self.cost()
@@ -392,7 +443,7 @@ class LayerSkipDrafter:
         """Live numbers belong to one skip set: forget them when the set changes."""
         skip = self.skip
         if skip is not self._set:
-            self._set = skip
+            self._set, self._set_empty = skip, not skip
             self._live.clear()
             self.costs.reset_draft(self.name)
 

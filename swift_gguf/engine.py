@@ -220,6 +220,8 @@ class SwiftEngine:
         used = set()
         budget = self.controller.budget
         budget.start()
+        self.controller.refresh()   # (settings may differ from the last request's)
+        searching = self._search_allowed()   # (the settings hold for a request)
         try:
             emitted = 1
             stats.tokens += 1
@@ -258,8 +260,9 @@ class SwiftEngine:
                     if self.rt.is_eog(tok.id):
                         stats.stop_reason = "eos"
                         return
-                if self._search_allowed():
-                    stats.t_search += self.pacer.step(self.rt, stream, budget)
+                if searching and self.search.active and (probed := self.pacer.step(self.rt, stream, budget)):
+                    stats.t_search += probed
+                    self.controller.refresh()   # the search may have found another skip set
             stats.stop_reason = stats.stop_reason or "max tokens"
         finally:
             stats.t_total += time.perf_counter() - start

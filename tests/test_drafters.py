@@ -29,29 +29,38 @@ V_LONG = [0.0, 1.0, 1.64, 2.40, 3.06, 3.72, 4.35, 5.0, 5.6, 6.26] + [6.26 + 0.66
 
 # -- the n-gram index ---------------------------------------------------------------------------
 
-def fresh(tokens):
-    idx = NgramIndex()
+def fresh(tokens, is_eog=lambda t: False):
+    idx = NgramIndex(is_eog=is_eog)
     idx.sync(list(tokens))
     return idx
 
 
-def test_index_follows_appends_and_rollbacks_exactly():
+@pytest.mark.parametrize("vocab", [5, 60])
+def test_index_follows_appends_and_rollbacks_exactly(vocab):
     """Through appends to one list and switches to other lists sharing a prefix (the next request,
-    the next chat turn), the index equals one built from scratch on the current list."""
-    rng = random.Random(0)
-    idx = NgramIndex()
-    tokens = [rng.randrange(5) for _ in range(30)]
+    the next chat turn), the index equals one built from scratch on the current list: its unigrams
+    at once, its longer n-grams and end-of-generation positions once completed. (With 60 tokens
+    the last token often occurs nowhere earlier, so match() leaves positions lazy across switches.)"""
+    rng = random.Random(vocab)
+    eog = lambda t: t == 0
+    idx = NgramIndex(is_eog=eog)
+    tokens = [rng.randrange(vocab) for _ in range(30)]
     idx.sync(tokens)
-    for step in range(60):
+    for step in range(200):
         if step % 7 == 3:   # another list: a common prefix, then different tokens
             keep = rng.randrange(len(tokens) + 1)
-            tokens = tokens[:keep] + [rng.randrange(5) for _ in range(rng.randrange(1, 10))]
+            tokens = tokens[:keep] + [rng.randrange(vocab) for _ in range(rng.randrange(1, 10))]
         else:
-            tokens.append(rng.randrange(5))
+            tokens.append(rng.randrange(vocab))
         idx.sync(tokens)
-        ref = fresh(tokens)
-        assert idx.tokens == tokens and idx.ends == ref.ends
+        ref = fresh(tokens, eog)
+        assert idx.tokens == tokens
+        assert {k: v for k, v in idx.ends.items() if isinstance(k, int)} == ref.ends
         assert idx.match() == ref.match()
+        if step % 5 == 0:
+            idx.complete()
+            ref.complete()
+            assert idx.ends == ref.ends and idx.eog == ref.eog == [j for j, t in enumerate(tokens) if t == 0]
 
 
 def test_index_match_is_the_longest_latest_occurrence():
@@ -215,6 +224,7 @@ def test_the_same_offer_pays_at_a_short_context_and_not_at_a_long_one():
 
 class ScriptedDrafter:
     """Offers a fixed acceptance profile (the controller sees drafters only through offers)."""
+    stationary = False   # asked every plan
 
     def __init__(self, name, accept, c_token=0.0):
         self.name, self.accept, self.c_token = name, accept, c_token

@@ -1,8 +1,11 @@
-"""The per-token host paths made cheaper for fast backends (issue 25) decide exactly as before.
+"""The per-token host paths made cheaper for fast backends (issue 25).
 
 Each shortcut is checked against a plain computation of the same thing: v tables against the
 per-n formula, the controller's remembered draft lengths and reused plans against `choose` on
-the table itself, the n-gram index's match against a brute-force search. No model needed.
+the table itself, the n-gram index's match against a brute-force search. Two shortcuts decide on
+numbers a little older, on purpose, and are checked for when they look again: a stationary
+drafter's offer held for HOLD_TOKENS tokens, and v tables rebuilt by the weight of new
+observations (plain steps only once the plain step moved). No model needed.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ import random
 import numpy as np
 
 from swift_gguf import costmodel as cm
-from swift_gguf.controller import Controller, choose
-from swift_gguf.costmodel import MIN_LIVE, V_MAX, Costs, bucket
+from swift_gguf.controller import HOLD_TOKENS, Controller, choose
+from swift_gguf.costmodel import MIN_LIVE, V_DRIFT, V_MAX, V_REFRESH, V_VERIFY_WEIGHT, Costs, bucket
 from swift_gguf.drafters import CANDIDATES, MATCH_CAP, NGRAM_MAX, NgramIndex, Offer
 from swift_gguf.engine import SpecConfig, Stream
 
@@ -63,13 +66,36 @@ def test_v_tables_are_bitwise_the_per_n_formula():
         assert c.v_table(n_ctx).tobytes() == reference_table(c, n_ctx).tobytes()
 
 
+def test_v_tables_are_rebuilt_after_verifications_or_a_moved_plain_step():
+    """A bucket's table is rebuilt after 16 verifications there; after plain steps only where the
+    plain step moved by more than V_DRIFT (steady plain steps every token rebuilt it for nothing)."""
+    costs = Costs(t_plain=0.01, v={2: 1.5, 3: 1.8, 5: 2.4, 9: 3.6, 17: 6.9}, n_ctx=100)
+    for _ in range(MIN_LIVE):
+        costs.observe_plain(100, 0.01)
+    t = costs.v_table(100)
+    for _ in range(3 * V_REFRESH):
+        costs.observe_plain(100, 0.01 * (1 + V_DRIFT / 2))
+    assert costs.v_table(100) is t
+    for _ in range(V_REFRESH):
+        costs.observe_plain(100, 0.0125)
+    t2 = costs.v_table(100)
+    assert t2 is not t and t2.tobytes() == reference_table(costs, 100).tobytes()
+    for _ in range(V_REFRESH // V_VERIFY_WEIGHT - 1):
+        costs.observe_verify(100, 5, 0.03)
+        assert costs.v_table(100) is t2
+    costs.observe_verify(100, 5, 0.03)
+    t3 = costs.v_table(100)
+    assert t3 is not t2 and t3.tobytes() == reference_table(costs, 100).tobytes()
+
+
 class Drafter:
     """Offers whatever the test sets, as the same object while it is unchanged (as LayerSkipDrafter does)."""
 
-    def __init__(self, name):
-        self.name, self.next = name, None
+    def __init__(self, name, stationary=False):
+        self.name, self.next, self.stationary, self.asked = name, None, stationary, 0
 
     def offer(self, stream, n_ctx):
+        self.asked += 1
         return self.next
 
     def idle_reason(self):
@@ -109,6 +135,49 @@ def test_plans_are_choose_on_the_table_itself():
                                                       else (None, 0, c.speedup))
         if plan.offer is None:
             assert plan.reason == f"predicted speedup {c.speedup:.2f}x does not pay; decoding plainly"
+
+
+def test_a_stationary_offer_is_held_and_asked_again_after_hold_tokens_or_a_refresh():
+    """A stationary drafter (layer skipping) is asked once per HOLD_TOKENS generated tokens while its
+    offer does not pay, and at once after refresh() (a cycle observed, a search probe, a new request);
+    its held plain verdict is `choose`'s on the table when it was asked; a lookup is asked every time."""
+    costs = Costs(t_plain=0.01, v={2: 1.5, 3: 1.8, 5: 2.4, 9: 3.6, 17: 6.9}, n_ctx=100)
+    look, skip = Drafter("ngram"), Drafter("layer-skip", stationary=True)
+    ctl = Controller(SpecConfig(mode="auto"), costs, {"ngram": look, "layer-skip": skip})
+    stream = Stream(list(range(101)), 100)
+    poor = Offer(skip, 16, [0.3] * 16, c_token=0.5)
+    good = Offer(skip, 16, [0.95] * 16, c_token=0.05)
+    skip.next = poor
+    for t in range(3 * HOLD_TOKENS):
+        plan = ctl.plan(stream, 40)
+        c = choose([poor], costs.v_table(stream.n_past), 40, 0.02)
+        assert plan.offer is None and plan.speedup == c.speedup and not c.pays
+        ctl.generated += 1
+    assert skip.asked == 3 and look.asked == 3 * HOLD_TOKENS
+    skip.next = good   # a better set: noticed when the hold ends ...
+    while ctl.plan(stream, 40).offer is None:
+        ctl.generated += 1
+    assert skip.asked == 4 and ctl.generated == 3 * HOLD_TOKENS
+    skip.next = poor
+    ctl.refresh()      # ... or at once after a refresh
+    assert ctl.plan(stream, 40).offer is None and skip.asked == 5
+    skip.next = good
+    assert ctl.plan(stream, 40).offer is None and skip.asked == 5   # held
+    ctl.observe("layer-skip", 4, 5, 0.03, stream.n_past)              # a cycle refreshes too
+    assert ctl.plan(stream, 40).offer is good and skip.asked == 6
+    # the last tokens of an answer lower the limit every token: a verdict for a longer one holds
+    ctl.refresh()
+    skip.next = poor
+    first = ctl.plan(stream, 40)
+    for cap in range(15, 0, -1):
+        assert ctl.plan(stream, cap) is first and not choose([poor], costs.v_table(stream.n_past), cap, 0.02).pays
+    assert skip.asked == 7
+    # with a lookup offer besides it, the choice is made afresh every time (with the held offer)
+    ctl.refresh()
+    skip.next, look.next = poor, Offer(look, 8, [0.9] * 8)
+    c = choose([look.next, poor], costs.v_table(stream.n_past), 40, 0.02)
+    plan = ctl.plan(stream, 40)
+    assert (plan.offer, plan.d) == (c.offer, c.d) and plan.offer is look.next
 
 
 def brute_match(toks: list[int]):
