@@ -47,6 +47,9 @@ OUTLIER = 3.0       # a live sample counts at most this multiple of the running 
 # cost ~3 us a token on a fast backend (benchmarks/host_work.py), every 64 a quarter of that
 V_REFRESH = 64
 V_VERIFY_WEIGHT = 4   # so 16 verifications, as before plain steps were told apart
+SHRINK = 4.0          # a timed size's live ratio to the shape is shrunk toward its bucket's pooled ratio
+SHRINK_CAP = 9        # ... as if the pool were SHRINK observations; one size counts at most this many (an
+                      # EMA of weight EMA remembers about (2 - EMA) / EMA of them)
 V_DRIFT = 0.02        # ... and where only plain steps came, only once the plain step moved by this share
 V_MAX = 64          # verification sizes the tables cover (v[n] for n <= V_MAX)
 # The one draft maximum every prediction assumes unless draft_max says otherwise (the layer-skip
@@ -238,7 +241,8 @@ class Costs:
 
         Live verification times of this bucket where measured; elsewhere the calibration's curve,
         shifted for the context (each of n rows pays the plain step's growth in attention since
-        the calibration's context) and scaled to the nearest live point's level. Cached per bucket.
+        the calibration's context) and scaled by the nearest timed size's ratio of live to shape cost,
+        shrunk toward the bucket's pooled ratio (`_live_ratios`). Cached per bucket.
         """
         b = bucket(n_ctx)
         changes = self.live.changes.get(b, 0)
@@ -274,23 +278,37 @@ class Costs:
             shape += self._calibration_curve() * r
         else:   # nothing calibrated: assume verification costs what n plain steps cost
             shape = _NS.copy()
-        live = {n: e.mean / t1 for n, e in self.live.verify.get(b, {}).items()
-                if e.n >= MIN_LIVE and t1 > 0 and n <= V_MAX}
         table = shape   # (the live branch reads shape only through copies, before it assigns)
-        if live:
-            # each n >= 2: its live time, else the calibration's shape at the nearest live point's
-            # level (ties: the smaller point). Whole-array arithmetic, element by element the same
-            # operations as one n at a time (a loop over the 63 sizes is too slow, see above)
-            pts = np.array(sorted(live))
-            level = np.array([live[p] for p in sorted(live)])
+        pts, ratios = self._live_ratios(b, t1, shape)
+        if pts:
+            # each n >= 2: the calibration's shape times the nearest timed size's ratio (ties: the
+            # smaller size). Whole-array arithmetic, element by element the same operations as one n
+            # at a time (a loop over the 63 sizes is too slow, see above)
+            pa = np.array(pts)
             n = np.arange(2, V_MAX + 1)
-            i = np.argmin(np.abs(pts[None, :] - n[:, None]), axis=1)   # the first minimum, as per n
-            near = pts[i]
-            table[2:] = np.where(near == n, level[i], shape[n] * level[i] / np.maximum(shape[near], 1e-9))
+            i = np.argmin(np.abs(pa[None, :] - n[:, None]), axis=1)   # the first minimum, as per n
+            table[2:] = shape[n] * np.array(ratios)[i]
         np.maximum(table, 1.0, out=table)   # a batch of n: 1 to n steps
         np.minimum(table, _NS_AT_LEAST_1, out=table)
         table[0] = 0.0
         return np.maximum.accumulate(table, out=table)   # verifying more never costs less
+
+    def _live_ratios(self, b: int, t1: float, shape: np.ndarray) -> tuple[list[int], list[float]]:
+        """The sizes timed live in bucket b (at least MIN_LIVE times) and each one's live cost over the
+        shape's, shrunk toward the bucket's pooled ratio as if the pool were SHRINK more observations.
+
+        The controller picks the draft length with the best predicted speedup, so it favours the size
+        whose cost was measured low by chance (a 15% jitter per call on this project's VMs): raw
+        per-size averages cost 2-5% of speed in replays with that noise (benchmarks/policy_sim.py
+        --live 0.15, 12 seeds, four models), the shrunk ratios about half of it."""
+        timed = self.live.verify.get(b, {})
+        pts = sorted(n for n, e in timed.items() if e.n >= MIN_LIVE and n <= V_MAX) if t1 > 0 else []
+        if not pts:
+            return [], []
+        raw = [timed[n].mean / t1 / max(float(shape[n]), 1e-9) for n in pts]
+        w = [float(min(timed[n].n, SHRINK_CAP)) for n in pts]
+        pooled = sum(wi * r for wi, r in zip(w, raw)) / sum(w)
+        return pts, [(wi * r + SHRINK * pooled) / (wi + SHRINK) for wi, r in zip(w, raw)]
 
     def _calibration_curve(self) -> np.ndarray:
         """The calibration's v(n) for n = 0..V_MAX as an array, computed once per calibration (not per table)."""

@@ -30,13 +30,18 @@ def reference_table(c: Costs, n_ctx: int) -> np.ndarray:
         shape = ns * (1.0 - r) + np.array([c.verify(int(n)) for n in ns]) * r
     else:
         shape = ns.copy()
-    live = {n: e.mean / t1 for n, e in c.live.verify.get(b, {}).items() if e.n >= MIN_LIVE and t1 > 0 and n <= V_MAX}
+    timed = {n: e for n, e in c.live.verify.get(b, {}).items() if e.n >= MIN_LIVE and t1 > 0 and n <= V_MAX}
     table = shape.copy()
-    if live:
-        pts = np.array(sorted(live))
+    if timed:
+        # each timed size's live / shape ratio, shrunk toward the pooled one (weights: observations, capped)
+        raw = {n: e.mean / t1 / max(float(shape[n]), 1e-9) for n, e in timed.items()}
+        w = {n: float(min(e.n, cm.SHRINK_CAP)) for n, e in timed.items()}
+        pts = sorted(timed)
+        pooled = sum(w[n] * raw[n] for n in pts) / sum(w[n] for n in pts)
+        ratio = {n: (w[n] * raw[n] + cm.SHRINK * pooled) / (w[n] + cm.SHRINK) for n in pts}
         for n in range(2, V_MAX + 1):
-            near = int(pts[np.argmin(np.abs(pts - n))])
-            table[n] = live[n] if n in live else shape[n] * live[near] / max(shape[near], 1e-9)
+            near = min(pts, key=lambda p: (abs(p - n), p))
+            table[n] = shape[n] * ratio[near]
     table = np.minimum(np.maximum(table, 1.0), np.maximum(ns, 1.0))
     table[0] = 0.0
     return np.maximum.accumulate(table)
