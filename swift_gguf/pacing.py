@@ -73,7 +73,8 @@ class SearchPacer:
         charged = budget is not None and self._share[0] <= self.config.search_budget
         if charged:
             v = self.costs.v_table(stream.n_past)
-            if not budget.allows(float(v[min(self.search.next_window() + 1, len(v) - 1)])):
+            cost = self.search.step_windows(stream.tokens, stream.n_past) * float(v[min(self.search.next_window() + 1, len(v) - 1)])
+            if not budget.allows(cost):
                 return 0.0
         before = st.seconds
         self.search.step(rt, stream.tokens, stream.n_past)

@@ -95,10 +95,13 @@ def test_swift_greedy_equals_plain(llm, prompts, plain, case):
         assert accepted / drafted < 0.1             # a drafter without inner layers is nearly useless
 
 
-def test_auto_greedy_equals_plain(llm, prompts, plain):
+def test_auto_greedy_equals_plain(llm, prompts, plain, monkeypatch):
     """auto: lossless whatever it chooses per cycle (prompt lookup, layer skipping, plain steps),
     with the layer search running alongside. (Which choice pays is a function of the measured
-    costs, tested without a model in test_drafters.py, not a property of this machine.)"""
+    costs, tested without a model in test_drafters.py, not a property of this machine.) The loss
+    budget is lifted: it keeps the search's probes out of answers that lost to speculation, which
+    on a busy machine can be every one of these, and the probes are what this test interleaves."""
+    monkeypatch.setattr(llm.engine.controller.budget, "allows", lambda cost=0.0: True)
     llm.engine.search.reset()
     for pid in list(prompts)[::2]:   # every fourth prompt of bench.jsonl (all but one category)
         toks = prompts[pid]

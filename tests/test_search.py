@@ -286,3 +286,62 @@ def test_concurrent_writers_never_corrupt_a_profile(tmp_path):
         got = profiles.load(path, "abc", "cpu", 30)
     assert got is not None and got.state.probes in range(4)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+class ProbeRuntime:
+    """Enough of a protocols.Runtime for LayerSearch.step: logs decodes, returns fixed log-probs."""
+
+    def __init__(self, n_layer=6, n_vocab=8):
+        self.n_layer, self.n_vocab, self.n_ctx = n_layer, n_vocab, 512
+        self.decodes, self.mask = [], None
+        self._rows = np.log(np.random.default_rng(0).dirichlet(np.ones(n_vocab), size=64))
+
+    def decode(self, tokens, pos0, *, seq=0, all_logits=False):
+        self.decodes.append((len(tokens), pos0, seq, self.mask))
+        return 0.001
+
+    def logits_rows(self, n):
+        return self._rows[:n]
+
+    def share(self, src, dst, p0, p1):
+        pass
+
+    def remove(self, seq, p0, p1=-1):
+        pass
+
+    def room(self, n_past):
+        return self.n_ctx - n_past
+
+    def skipping(self, mask):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            self.mask = mask
+            try:
+                yield
+            finally:
+                self.mask = None
+        return ctx()
+
+
+def test_a_reference_is_taken_with_the_probe_that_reads_it():
+    """A step that needs the full model's reference decodes it and then its probe, in the same step:
+    the next request's text would drop a reference taken alone before any probe read it (short
+    answers used to pay for such references and the search never probed). A reference still valid
+    on the stream is reused; step_windows says which (what the loss budget is asked for)."""
+    rt = ProbeRuntime()
+    search = LayerSearch(SearchState(rt.n_layer, SearchConfig()), cpu_like_costs(rt.n_layer))
+    W = search.next_window()
+    tokens = list(range(100, 160))
+    assert search.step_windows(tokens, 50) == 2
+    assert search.step(rt, tokens, 50) is not None and search.state.probes == 1
+    assert [(n, pos, seq) for n, pos, seq, _ in rt.decodes] == [(W, 50 - W, 1)] * 2
+    rt.decodes.clear()
+    tokens.append(7)   # the stream went on: its reference still holds
+    assert search.step_windows(tokens, 51) == 1
+    assert search.step(rt, tokens, 51) is not None and len(rt.decodes) == 1 and search.state.probes == 2
+    rt.decodes.clear()
+    other = list(range(200, 260))   # the next request: other text at those positions
+    assert search.step_windows(other, 51) == 2
+    assert search.step(rt, other, 51) is not None and len(rt.decodes) == 2 and search.state.probes == 3
