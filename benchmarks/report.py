@@ -81,7 +81,7 @@ def machines(results: dict[str, dict]) -> str:
 
 def specbench_sections(runs: dict[str, dict]) -> list[str]:
     """Spec-Bench tables, the latest run per model, in Spec-Bench's own format."""
-    from benchmarks.specbench import costs_line, markdown_table
+    from benchmarks.specbench import costs_line, markdown_table, search_line
     latest = {}
     for name, r in sorted(runs.items()):   # names end in the date: the last one per model wins
         latest[r["config"]["model_name"]] = (name, r)
@@ -94,6 +94,7 @@ def specbench_sections(runs: dict[str, dict]) -> list[str]:
                   f"{c['threads']} threads, `{c['command']}`)",
                   markdown_table(r),
                   f"Speedups against the first row (same run, interleaved); v(n) from the same run: {costs_line(r)}."
+                  + f" Layer search: {search_line(r)}."
                   + (f" llama-server's spec type chosen on {len(sel['questions'])} questions: "
                      + ", ".join(f"{k} {v:.1f} tok/s" for k, v in sel["tokens_per_second"].items()) + "."
                      if sel else "")]

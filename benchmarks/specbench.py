@@ -513,6 +513,22 @@ def _f(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def search_line(result: dict) -> str:
+    """Per speculating swift-gguf arm: the layer search's seconds, their share of generation time, and
+    its probes by the end of the run (a search that spends time and never probes is a defect: the
+    2026-12-05 runs showed 0 probes for ~2% of generation time)."""
+    parts = []
+    for arm, runs in result["raw"].items():
+        if result["arms"][arm]["kind"] != "swift" or arm == "off":
+            continue
+        turns = [t for reps in runs.values() for turns in reps for t in turns]
+        secs = sum((t.get("spec") or {}).get("t_search", 0.0) for t in turns)
+        gen = sum(t["gen_s"] for t in turns)
+        probes = max(((t.get("spec") or {}).get("search_probes", 0) for t in turns), default=0)
+        parts.append(f"{arm}: {secs:.2f} s ({secs / gen:.1%} of generation), {probes} probes" if gen else f"{arm}: -")
+    return "; ".join(parts)
+
+
 def costs_line(result: dict) -> str:
     parts = []
     for c, m in sorted(result["verify_costs"].items(), key=lambda kv: int(kv[0])):
@@ -562,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=1))
     print(markdown_table(result))
     print(f"\nv(n) measured: {costs_line(result)}")
+    print(f"layer search: {search_line(result)}")
     print(f"\nwrote {out} ({result['config']['seconds'] / 60:.1f} min)")
     return 0
 

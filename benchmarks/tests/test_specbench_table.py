@@ -84,3 +84,13 @@ def test_an_arm_may_run_another_checkout(tmp_path):
     with pytest.raises(specbench.BenchError, match="not a swift-gguf checkout"):
         specbench.arm_root(str(tmp_path))
     assert len(specbench.checkout_commit(specbench.ROOT)) >= 7
+
+
+def test_search_line_reports_the_searchs_time_and_probes():
+    """What the layer search cost each speculating arm and how far it got (its probe count by the end)."""
+    r = run(1.0, 1.5)
+    for i, (qid, reps) in enumerate(sorted(r["raw"]["auto"].items())):
+        reps[0][0]["spec"] = {"t_search": 0.01, "search_probes": i}
+    line = specbench.search_line(r)
+    gen = sum(reps[0][0]["gen_s"] for reps in r["raw"]["auto"].values())
+    assert line == f"auto: 0.06 s ({0.06 / gen:.1%} of generation), 5 probes"
