@@ -73,8 +73,7 @@ class SearchPacer:
             self._share = (self.share(), st.probes)
         if st.seconds > self._share[0] * self.gen_time:
             return 0.0
-        charged = budget is not None
-        if charged:
+        if budget is not None:
             v = self.costs.v_table(stream.n_past)
             cost = self.search.step_windows(stream.tokens, stream.n_past) * float(v[min(self.search.next_window() + 1, len(v) - 1)])
             if not budget.allows(cost):
@@ -83,6 +82,6 @@ class SearchPacer:
         self.search.step(rt, stream.tokens, stream.n_past)
         secs = st.seconds - before
         t1 = self.costs.plain_seconds(stream.n_past)
-        if charged and t1 > 0:
+        if budget is not None and t1 > 0:
             budget.charge(secs / t1)
         return secs
