@@ -11,12 +11,14 @@ this context length (costmodel.Costs.v_table). `auto`
 takes the offer and length with the highest S, or a plain step (S = 1) unless the best S
 exceeds 1 + margin; `swift` always takes the best offer. A drafter whose cycles measured a
 loss (tokens per plain-step cost below 1) is set aside for a while, doubling each time, and
-each request carries a loss budget (`LossBudget`): once speculation (cycles and search probes)
+each request carries a loss budget (`LossBudget`): no draft is longer than what the answer could
+still afford to lose if all of it were rejected, and once speculation (cycles and search probes)
 has cost an answer more than a few percent of its plain time, `auto` decodes it plainly.
 The decision is a deterministic function of these numbers (`choose`).
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -64,16 +66,21 @@ class Choice(NamedTuple):   # (a tuple: made every token, where a frozen datacla
 
 
 def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: float, *,
-           fixed: int | None = None, lengths: Callable = best_length) -> Choice:
+           fixed: int | None = None, lengths: Callable = best_length, loss: float | None = None) -> Choice:
     """The offer and draft length with the highest predicted speedup, and whether it pays.
 
     d_cap bounds every draft (tokens left, room in the context, draft_max); `fixed` drafts
     exactly that many tokens (or fewer, where an offer has fewer). Ties go to the first offer.
-    `lengths` computes best_length (the controller passes its memo of it).
+    `lengths` computes best_length (the controller passes its memo of it). `loss`: the most plain
+    steps a cycle may lose, drafting and verifying tokens of which none is accepted (the cycle then
+    still emits one token, worth a plain step).
     """
     best, best_d, best_s = None, 0, 0.0
     for o in offers:
         limit = min(o.limit, d_cap)
+        if loss is not None:
+            while limit >= 1 and o.c_fixed + limit * o.c_token + v[limit + 1] - 1.0 > loss:
+                limit -= 1
         if limit < 1:
             continue
         if fixed is not None:
@@ -125,9 +132,12 @@ class Backoff:
 # A request may lose at most this to speculation (auto): LOSS_STEPS plain steps plus LOSS_SHARE of the
 # plain steps its tokens would have taken. Every prediction can be wrong on a given text (a lookup that
 # matched where the model goes elsewhere, costs measured at another context, a machine that got busy):
-# this bounds what a wrong prediction costs one answer. 3% plus one step keeps a 21-token answer above
-# 0.92x of plain decoding, a 96-token one above 0.96x; the first step is what one exploratory cycle of
-# a short draft costs where it is rejected (v(2) - 1 to v(4) - 1 on this project's CPUs).
+# this bounds what a wrong prediction costs one answer. A draft is never longer than the allowance
+# left could pay for if all of it were rejected (a rejected 8-token draft cost a 20-token answer of
+# Qwen2.5-Coder-1.5B 1.7 steps: 0.92x), so the bound holds up to the timing noise of single calls.
+# 3% plus one step keeps a 21-token answer above 0.92x of plain decoding, a 96-token one above 0.96x;
+# the first step is what one exploratory cycle of a short draft costs where it is rejected (v(2) - 1
+# to v(4) - 1 on this project's CPUs).
 LOSS_SHARE = 0.03
 LOSS_STEPS = 1.0
 
@@ -174,6 +184,7 @@ class Plan:
 OFF_PLAN = Plan(None, reason="speculation off")
 NO_DECISION = Plan(None)
 NOT_QUIET = (None, 0, 0, None, None, None)
+NO_LOSS_CAP = (None, 0.0, -1.0, 0)   # (an empty range: computed at the first plan)
 
 
 class Controller:
@@ -199,6 +210,7 @@ class Controller:
         self._held: dict[str, tuple] = {}       # stationary drafter -> (its offer, held until: generated count)
         self._quiet = NOT_QUIET                 # (held offer, until, length limit, margin, mode, its plain plan)
         self._names_for: tuple = (None, [])     # (spec_type, mode) -> the drafters they use
+        self._loss_cap = NO_LOSS_CAP            # (v table, allowance from, allowance to, draft cap)
 
     def _names(self) -> list[str]:
         key = (self.config.spec_type, self.config.mode)
@@ -217,8 +229,16 @@ class Controller:
             return OFF_PLAN
         if d_cap < 1:   # a last token, or the end of the context: plainly, no decision
             return NO_DECISION
-        if cfg.mode == "auto" and not self.budget.allows():
-            return self._over_budget()
+        cap = min(d_cap, MAX_VERIFY - 1, cfg.draft_max or MAX_VERIFY)
+        loss = None
+        if cfg.mode == "auto":
+            loss = self.budget.allowance()
+            lc = self._loss_cap
+            if not lc[1] <= loss < lc[2]:
+                lc = self._draft_cap(loss, self._v(stream.n_past))
+            if lc[3] < 1:
+                return self._over_budget()
+            cap = min(cap, lc[3])
         offers = []
         auto, generated = cfg.mode == "auto", self.generated
         for name in self._names():
@@ -230,7 +250,6 @@ class Controller:
         if not offers:
             return self._idle()
         swift = cfg.mode == "swift"
-        cap = min(d_cap, MAX_VERIFY - 1, cfg.draft_max or MAX_VERIFY)
         limit = min(cap, offers[0].limit)
         quiet = self._quiet
         if (len(offers) == 1 and quiet[0] is offers[0] and self.generated < quiet[1]
@@ -240,8 +259,11 @@ class Controller:
             # for a shorter one (the best over fewer lengths is no better) unless it might explore
             # (the last tokens of an answer lower the limit every token); its speedup is then a bound
             return quiet[5]
-        c = choose(offers, self._v(stream.n_past), cap, cfg.margin,
-                   fixed=cfg.draft_max if swift else None, lengths=self._lengths)
+        v = self._v(stream.n_past)
+        if loss is not None and v is not self._loss_cap[0]:   # another table: its cap
+            cap = min(cap, self._draft_cap(loss, v)[3])
+        c = choose(offers, v, cap, cfg.margin, fixed=cfg.draft_max if swift else None,
+                   lengths=self._lengths, loss=loss)
         if c.offer is not None and (swift or c.pays or self._explore(c, stream.n_past)):
             return Plan(c.offer, c.d, c.speedup)
         plain = self._plain(c.speedup)
@@ -277,6 +299,15 @@ class Controller:
             self._v_array, self._memo = v, {}
             self._v_list = v.tolist() if getattr(v, "dtype", None) == np.float64 else v
         return self._v_list
+
+    def _draft_cap(self, loss: float, v: Sequence[float]) -> tuple:
+        """The longest draft whose verification, all of it rejected, loses at most `loss` plain steps
+        (v[d + 1] - 1; v is monotone), with the range of `loss` over which it stays the same: the
+        allowance changes every token, the answer only where it crosses a table entry."""
+        n = bisect.bisect_right(v, 1.0 + loss, 1) - 1   # the largest n with v[n] <= 1 + loss (v[1] = 1)
+        hi = v[n + 1] - 1.0 if n + 1 < len(v) else float("inf")
+        self._loss_cap = (v, v[n] - 1.0, hi, n - 1)
+        return self._loss_cap
 
     def _lengths(self, accept: Sequence[float], c_fixed: float, c_token: float, v: Sequence[float],
                  limit: int) -> tuple[int, float]:
@@ -316,8 +347,8 @@ class Controller:
 
     def _over_budget(self) -> Plan:
         """A plain step because speculation lost this request more than its allowance (LossBudget)."""
-        why = (f"speculation lost this answer more than {LOSS_SHARE:.0%} of its plain time; "
-               "decoding plainly until the answer is long enough to carry it")
+        why = (f"speculation lost this answer its allowance ({LOSS_SHARE:.0%} of its plain time and "
+               f"{LOSS_STEPS:g} step); decoding plainly until the answer is long enough to carry a draft")
         last = self._last_idle
         if last is None or last.reason != why:
             last = self._last_idle = Plan(None, reason=why)

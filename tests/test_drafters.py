@@ -258,6 +258,7 @@ def test_controller_decision_from_given_costs():
     stream = Stream(list(range(101)), 100)
     skip = ScriptedDrafter("layer-skip", 0.6, 0.5)
     ctl, _ = controller(ngram=ScriptedDrafter("ngram", 0.8), **{"layer-skip": skip})
+    ctl.budget.tokens = 10**6   # a long answer: its loss budget (tested below) caps no draft
     plan = ctl.plan(stream, d_cap=32)
     assert plan.offer.drafter.name == "ngram" and plan.d >= 3 and plan.speedup > 1.3
     # layer skipping alone at c = 0.5 and 60% acceptance does not pay on these costs: plain
@@ -321,20 +322,20 @@ def test_auto_backoff_sets_a_losing_drafter_aside_and_doubles():
 
 def test_auto_stops_speculating_in_an_answer_once_it_lost_its_allowance():
     """LossBudget: cycles that cost more plain steps than they emit stop `auto` for the rest of the
-    answer once the loss passes LOSS_STEPS + LOSS_SHARE x its tokens; the allowance grows with the
-    answer, a new answer starts afresh, and `swift` ignores it."""
+    answer once what is left of LOSS_STEPS + LOSS_SHARE x its tokens cannot pay for one rejected
+    draft; the allowance grows with the answer, a new answer starts afresh, and `swift` ignores it."""
     stream = Stream(list(range(101)), 100)
     ctl, costs = controller(ngram=ScriptedDrafter("ngram", 0.9))
+    v2 = costs.v_table(100)[2] - 1.0                          # what a rejected one-token draft loses
     ctl.budget.start()
     ctl.budget.tokens = 10
     assert ctl.plan(stream, 32).offer is not None
     ctl.observe("ngram", 1, 1, 0.02, 100)                     # 1 token for 2 plain steps: -1
     assert ctl.budget.balance == pytest.approx(-1.0)
-    assert ctl.plan(stream, 32).offer is not None             # allowance 1 + 0.3 - 1 > 0
-    ctl.observe("ngram", 1, 1, 0.02, 100)
+    assert ctl.budget.allowance() < v2                        # 1 + 0.3 - 1: no draft fits any more
     plan = ctl.plan(stream, 32)
-    assert plan.offer is None and "lost this answer" in plan.reason
-    ctl.budget.tokens += int((2.0 - LOSS_STEPS) / LOSS_SHARE) + 1   # a long enough answer carries it
+    assert plan.offer is None and "allowance" in plan.reason
+    ctl.budget.tokens += int((v2 + 1.0 - LOSS_STEPS) / LOSS_SHARE) + 1   # a long enough answer carries it
     assert ctl.plan(stream, 32).offer is not None
     ctl.observe("ngram", 1, 1, 0.02, 100)
     assert ctl.plan(stream, 32).offer is None
@@ -344,6 +345,41 @@ def test_auto_stops_speculating_in_an_answer_once_it_lost_its_allowance():
     assert not ctl.budget.allows() and ctl.plan(stream, 32).offer is None
     ctl.config.mode, ctl.config.spec_type = "swift", "ngram"
     assert ctl.plan(stream, 32).offer is not None
+
+
+def test_no_draft_is_longer_than_the_allowance_can_lose():
+    """A draft of d tokens that is all rejected costs v(d + 1) - 1 plain steps more than a plain step
+    (plus its drafting): auto drafts no more than what is left of the answer's allowance can pay for,
+    so one wrong prediction cannot take a short answer below its floor (a rejected 8-token lookup cost
+    a 20-token Qwen2.5-Coder-1.5B answer 0.92x). The cap grows with the answer and with its gains."""
+    stream = Stream(list(range(101)), 100)
+    ctl, costs = controller(v={2: 1.1, 3: 1.3, 5: 1.6, 9: 2.4, 17: 4.0}, ngram=ScriptedDrafter("ngram", 0.95))
+    free, _ = controller(v={2: 1.1, 3: 1.3, 5: 1.6, 9: 2.4, 17: 4.0}, ngram=ScriptedDrafter("ngram", 0.95))
+    free.budget.tokens = 10**6
+    v = costs.v_table(100)
+
+    def longest(loss):
+        return max(d for d in range(len(v) - 1) if v[d + 1] - 1.0 <= loss)
+
+    ctl.budget.start()
+    plan = ctl.plan(stream, 32)
+    assert plan.offer is not None and 1 <= plan.d == longest(LOSS_STEPS) < 16
+    ctl.budget.tokens = 50                                    # 1 + 1.5 steps
+    assert plan.d < ctl.plan(stream, 32).d <= longest(LOSS_STEPS + 50 * LOSS_SHARE)
+    ctl.budget.cycle(12, 3.0)                                 # a paying cycle widens it
+    assert ctl.plan(stream, 32).d == free.plan(stream, 32).d   # no longer capped
+    # a drafter's own cost counts too: layer skipping at 0.3 plain steps a drafted token
+    ctl, costs = controller(v={2: 1.02, 3: 1.04, 5: 1.08, 9: 1.16, 17: 1.32},
+                            **{"layer-skip": ScriptedDrafter("layer-skip", 0.95, 0.3)})
+    ctl.budget.start()
+    plan = ctl.plan(stream, 32)
+    v = costs.v_table(100)
+    assert plan.offer is not None and plan.d * 0.3 + v[plan.d + 1] - 1.0 <= LOSS_STEPS
+    assert (plan.d + 1) * 0.3 + v[plan.d + 2] - 1.0 > LOSS_STEPS
+    # swift mode has no budget
+    ctl.config.mode = "swift"
+    ctl.refresh()
+    assert ctl.plan(stream, 32).d > plan.d
 
 
 def test_loss_budget_bounds_the_allowance():

@@ -127,15 +127,22 @@ def test_plans_are_choose_on_the_table_itself():
         elif rng.random() < 0.15:
             costs.observe_verify(stream.n_past, rng.randrange(2, 33), rng.uniform(0.005, 0.2))
         d_cap = rng.choice([0, 1, 3, 31, 40])
+        ctl.budget.tokens = rng.choice([0, 20, 100, 1000])   # the allowance caps drafts (LossBudget)
+        ctl.budget.balance = rng.choice([0.0, 0.0, -0.8, 3.0])
         want_offers = [o for o in (a.next, b.next) if o is not None]
         plan = ctl.plan(stream, d_cap)
         if d_cap < 1:
             assert plan.offer is None and plan.reason == ""
             continue
+        v, loss = costs.v_table(stream.n_past), ctl.budget.allowance()
+        affordable = max(d for d in range(len(v) - 1) if v[d + 1] - 1 <= loss)
+        if affordable < 1:
+            assert plan.offer is None and "allowance" in plan.reason
+            continue
         if not want_offers:
             assert plan.offer is None and plan.reason == "ngram idle"
             continue
-        c = choose(want_offers, costs.v_table(stream.n_past), min(d_cap, 31), cfg.margin)
+        c = choose(want_offers, v, min(d_cap, 31, affordable), cfg.margin, loss=loss)
         assert (plan.offer, plan.d, plan.speedup) == ((c.offer, c.d, c.speedup) if plan.offer is not None
                                                       else (None, 0, c.speedup))
         if plan.offer is None:
