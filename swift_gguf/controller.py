@@ -9,9 +9,9 @@ decode steps). For a draft of d tokens the predicted speedup over plain decoding
 (costmodel's one speedup model: `speedup`, `best_length`) with v(n) the verification cost at
 this context length (costmodel.Costs.v_table). `auto`
 takes the offer and length with the highest S, or a plain step (S = 1) unless the best S
-exceeds 1 + margin; `swift` always takes the best offer. A drafter whose cycles measured a
-loss (tokens per plain-step cost below 1) is set aside for a while, doubling each time, and
-each request carries a loss budget (`LossBudget`): no draft is longer than what the answer could
+exceeds 1 + margin; `swift` always takes the best offer. A stationary drafter (layer skipping:
+one prediction for the whole stream) whose cycles measured a loss (tokens per plain-step cost
+below 1) is set aside for a while, doubling each time, and each request carries a loss budget (`LossBudget`): no draft is longer than what the answer could
 still afford to lose if all of it were rejected, and once speculation (cycles and search probes)
 has cost an answer more than a few percent of its plain time, `auto` decodes it plainly.
 The decision is a deterministic function of these numbers (`choose`).
@@ -94,7 +94,14 @@ def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: floa
 
 
 class Backoff:
-    """Per drafter: after its cycles measured a loss, decode without it for a while (doubling)."""
+    """Per drafter: after its cycles measured a loss, decode without it for a while (doubling).
+
+    For stationary drafters only (Controller.observe): their offer is one prediction for the whole
+    stream, so a measured loss says it is wrong everywhere. Prompt lookup predicts per match class
+    and learns each class live, its losses bounded per answer by the loss budget: setting all of it
+    aside after a run of short-match rejections also set aside the long copies that pay (SmolLM2's
+    first Spec-Bench question: 15 rejected one-token lookups in turn 1, then lookups sat out turn 2's
+    copy; replayed 1.18x instead of 1.52x)."""
 
     def __init__(self) -> None:
         self._recent: dict[str, Decayed] = {}   # tokens its recent cycles emitted / their cost in plain steps
@@ -381,6 +388,8 @@ class Controller:
         expected = self.costs.v_table(n_ctx)[min(drafted + 1, V_MAX)]
         cost = min(seconds / t1, OUTLIER * expected)
         self.budget.cycle(emitted, cost)
+        if not self.drafters[drafter].stationary:
+            return
         live = self.backoff.observe(drafter, emitted, cost, self.generated)
         if live is not None:
             self._reasons[drafter] = f"{drafter} drafts measured at {live:.2f}x plain; decoding without them for a while"

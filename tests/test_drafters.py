@@ -294,16 +294,21 @@ def test_controller_explores_sizes_whose_verification_was_never_timed():
     assert ctl.plan(stream, d_cap=32).offer is None
 
 
-def test_auto_backoff_sets_a_losing_drafter_aside_and_doubles():
+class StationaryDrafter(ScriptedDrafter):
+    stationary = True   # one prediction for the whole stream (layer skipping)
+
+
+def test_auto_backoff_sets_a_losing_stationary_drafter_aside_and_doubles():
     stream = Stream(list(range(101)), 100)
-    ctl, costs = controller(ngram=ScriptedDrafter("ngram", 0.9))
+    ctl, costs = controller(v={2: 1.05, 3: 1.1, 5: 1.2, 9: 1.4, 17: 2.0},
+                            **{"layer-skip": StationaryDrafter("layer-skip", 0.9, 0.05)})
     ctl.budget.tokens = 10**6   # a long answer: its loss budget (tested below) does not stop it first
 
     def lose() -> int:
         """Cycles that emit 1 token in 2 plain steps' time (a measured loss) until it sits out."""
         n = 0
         while ctl.plan(stream, 32).offer is not None:
-            ctl.observe("ngram", 1, 1, 0.02, 100)
+            ctl.observe("layer-skip", 1, 1, 0.02, 100)
             n += 1
         return n
 
@@ -318,6 +323,23 @@ def test_auto_backoff_sets_a_losing_drafter_aside_and_doubles():
     assert ctl.plan(stream, 32).offer is None                 # the second loss: 128 tokens
     ctl.generated += 1
     assert ctl.plan(stream, 32).offer is not None
+
+
+def test_lookup_is_never_set_aside_its_classes_learn_and_the_budget_bounds_it():
+    """Prompt lookup predicts per match class and learns each one live: a run of rejections is the
+    budget's business (per answer), not a reason to set aside the long copies of the next answer."""
+    stream = Stream(list(range(101)), 100)
+    ctl, costs = controller(ngram=ScriptedDrafter("ngram", 0.9))
+    for answer in range(3):
+        ctl.budget.start()
+        ctl.budget.tokens = 200
+        n = 0
+        while ctl.plan(stream, 32).offer is not None:
+            ctl.observe("ngram", 1, 1, 0.02, 100)   # 1 token in 2 plain steps: a loss
+            n += 1
+        assert n > 5 and "allowance" in ctl.plan(stream, 32).reason
+        ctl.generated += 200
+    assert ctl.backoff.allows("ngram", ctl.generated) and ctl.backoff.measured("ngram") is None
 
 
 def test_auto_stops_speculating_in_an_answer_once_it_lost_its_allowance():
