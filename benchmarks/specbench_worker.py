@@ -143,9 +143,13 @@ class InProcess:
         return measure_verify_costs(self.llm, contexts, sizes, reps)
 
 
+PLAIN_RUN = 8   # consecutive one-token decodes per plain-step sample of measure_verify_costs
+
+
 def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int = 3) -> dict:
     """v(n) at each context length: time of one n-token batch (logits for all n) on a scratch
-    sequence after `ctx` cached tokens, over the time of a one-token step there.
+    sequence after `ctx` cached tokens, over the time of a one-token step there as plain decoding takes
+    it: the mean of PLAIN_RUN consecutive one-token decodes (timing.plain_run).
 
     costmodel.calibrate's measurement (swift_gguf.timing.batch_seconds) at chosen context lengths:
     the KV cache is cleared first (a unified cache shares its cells between sequences) and the
@@ -154,6 +158,11 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
     median of each size counts: measuring one size after the other, best of 3, gave tables whose
     v(n) went up and down by 10-30% between neighbouring sizes (this VM's slow phases hit some
     sizes and not others), and a replay that decides on such a table exploits its accidents.
+    The plain step is a run, not one decode: right after a 64-token batch one decode took 5-12%
+    longer than in a run or in plain generation (SmolLM2, 96 and 720 cells), so tables up to
+    2026-12-05f had t1 too high and every v(n) as much too low (their oracle bounds optimistic:
+    an in-process trace of auto found its verifications as the table predicted, its plain steps
+    ~10% faster).
     """
     from swift_gguf.timing import batch_seconds
     rt = llm.rt
@@ -167,7 +176,7 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
             continue
         filler = (vocab * (ctx // len(vocab) + 1))[:ctx]
         batch = filler[:max(order)] if max(order) <= ctx else (filler * 2)[:max(order)]
-        samples = batch_seconds(rt, batch, ctx, order, 2 * reps, fill=filler, alternate=True)
+        samples = batch_seconds(rt, batch, ctx, order, 2 * reps, fill=filler, alternate=True, plain=PLAIN_RUN)
         times = {n: statistics.median(v) for n, v in samples.items()}
         out[str(ctx)] = {"t1": times[1], "v": {str(n): times[n] / times[1] for n in order if n > 1}}
     llm.reset()

@@ -5,6 +5,7 @@
   scratch       a scratch sequence at a context: the stream's cells shared, or a filler decoded
   time_batch    one batch of n tokens at a context (a verification batch: logits for every row,
                 or a plain step), its decode seconds; the positions are removed again
+  plain_run     the mean of k consecutive one-token decodes (a plain step as plain decoding takes it)
   batch_seconds samples of verification batches of several sizes at a context (v(n))
   CycleReplay   a draft/verify cycle as SwiftEngine._cycle runs it (greedy one-token drafts with
                 the skip mask, their KV removed, one verification of them all, rejected KV removed)
@@ -71,15 +72,29 @@ def time_batch(rt: Runtime, tokens: Sequence[int], n_past: int, *, seq: int = 0,
     return secs
 
 
+def plain_run(rt: Runtime, tokens: Sequence[int], n_past: int, k: int, *, seq: int = 0) -> float:
+    """Mean decode seconds of k consecutive one-token decodes of tokens[:k] at positions n_past..,
+    removed again afterwards: a plain step as plain decoding takes it, one after another. (Alone,
+    right after a large batch, a one-token decode ran 5-12% slower than in a run: SmolLM2 at 96
+    and 720 cells of context, benchmarks/specbench_worker.py's v(n) interleaving sizes up to 64.)"""
+    secs = sum(rt.decode([tokens[i]], n_past + i, seq=seq) for i in range(k)) / k
+    rt.remove(seq, n_past, -1)
+    return secs
+
+
 def batch_seconds(rt: Runtime, tokens: Sequence[int], n_past: int, sizes: Sequence[int], rounds: int, *,
-                  fill: Sequence[int] | None = None, mask: bytes = b"", alternate: bool = False) -> dict[int, list[float]]:
+                  fill: Sequence[int] | None = None, mask: bytes = b"", alternate: bool = False,
+                  plain: int = 0) -> dict[int, list[float]]:
     """Decode seconds of verification batches of each size (tokens[:n]) at a context of n_past tokens
     on the scratch sequence (`scratch`: the stream's cells, or `fill`), interleaved over `rounds`
     timed rounds, with the skip mask set: what costmodel.calibrate measures v(n) with (best of
-    each), and benchmarks/specbench_worker.py at the contexts of a run (median of each)."""
+    each), and benchmarks/specbench_worker.py at the contexts of a run (median of each). plain > 0:
+    size 1 is a `plain_run` of that many tokens instead of a one-token batch."""
     with scratch(rt, n_past, fill) as seq, rt.skipping(mask):
-        return interleaved({n: (lambda n=n: time_batch(rt, tokens[:n], n_past, seq=seq)) for n in sizes},
-                           rounds, alternate=alternate)
+        calls = {n: (lambda n=n: time_batch(rt, tokens[:n], n_past, seq=seq)) for n in sizes}
+        if plain and 1 in calls:
+            calls[1] = lambda: plain_run(rt, tokens, n_past, plain, seq=seq)
+        return interleaved(calls, rounds, alternate=alternate)
 
 
 class CycleReplay:

@@ -13,6 +13,7 @@ import contextlib
 import random
 
 import numpy as np
+import pytest
 
 from swift_gguf import costmodel as cm
 from swift_gguf.controller import HOLD_TOKENS, Controller, choose
@@ -308,3 +309,18 @@ def test_calibration_makes_the_same_calls_and_numbers_through_timing():
     assert new_rt.log == ref_rt.log
     assert (costs.t_plain, costs.v, costs.n_ctx) == (want.t_plain, want.v, want.n_ctx)
     assert costs.attn == max(1.0 - c_attn, 0.0) / (n - 2) and costs.ffn == max(1.0 - c_ffn, 0.0) / (n - 2)
+
+
+def test_a_plain_step_sample_is_a_run_of_consecutive_decodes():
+    """timing.batch_seconds(plain=k): size 1 is k one-token decodes at consecutive positions (as plain
+    decoding takes them, not one decode right after a large batch), their mean, removed afterwards."""
+    from swift_gguf.timing import batch_seconds
+
+    rt = FakeRuntime(lambda n, mask, k: 0.001 * k)
+    samples = batch_seconds(rt, [7] * 9, 100, [1, 9], 2, plain=4)
+    runs = [i for i, c in enumerate(rt.log) if c[:3] == ("decode", 1, 100)]
+    assert len(runs) == 3 and len(samples[1]) == 2 and len(samples[9]) == 2   # one untimed round
+    for i in runs:
+        assert rt.log[i:i + 5] == [("decode", 1, 100 + j, 1, b"") for j in range(4)] + [("remove", 1, 100, -1)]
+    k = runs[-1] + 1   # the last run's decodes are log entries k..k+3: their mean
+    assert samples[1][-1] == pytest.approx(0.001 * (4 * k + 6) / 4)
