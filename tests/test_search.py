@@ -345,3 +345,42 @@ def test_a_reference_is_taken_with_the_probe_that_reads_it():
     other = list(range(200, 260))   # the next request: other text at those positions
     assert search.step_windows(other, 51) == 2
     assert search.step(rt, other, 51) is not None and len(rt.decodes) == 2 and search.state.probes == 3
+
+
+def test_the_pacer_asks_the_budget_for_what_a_step_of_its_kind_last_cost():
+    """A search step is granted only where the request's loss budget can carry it: at first as its
+    window decodes at v(W + 1) each, then at least what the last step of its kind cost (a 4-token
+    importance probe of SmolLM2 took ~7 plain steps where 2 v(5) ~ 4 were asked, and sank a short
+    answer to 0.83x)."""
+    import time as _time
+
+    from swift_gguf.controller import LossBudget
+    from swift_gguf.engine import SpecConfig, Stream
+    from swift_gguf.pacing import SearchPacer
+
+    class SlowRuntime(ProbeRuntime):
+        def decode(self, tokens, pos0, *, seq=0, all_logits=False):
+            _time.sleep(0.04)   # 4 plain steps of 0.01 s per window decode: 8 a step, where 2 v(5) = 4.8
+            return super().decode(tokens, pos0, seq=seq, all_logits=all_logits)
+
+    rt = SlowRuntime()
+    costs = cpu_like_costs(rt.n_layer)
+    search = LayerSearch(SearchState(rt.n_layer, SearchConfig()), costs)
+    pacer = SearchPacer(SpecConfig(), search, costs, rt.n_layer)
+    pacer.gen_time = 1e6   # the time share allows any step: the budget decides
+    W = search.next_window()
+
+    def budget(steps):
+        b = LossBudget()
+        b.balance = steps - 1.0   # what the request may still lose: `steps` plain steps
+        return b
+
+    first = Stream(list(range(100, 160)), 50)
+    assert search.step_windows(first.tokens, 50) == 2 and 2 * costs.verify(W + 1) < 5.5
+    b = budget(5.5)
+    secs = pacer.step(rt, first, b)
+    assert secs >= 0.08 and b.balance == pytest.approx(4.5 - secs / 0.01)   # charged what it cost
+    other = Stream(list(range(200, 260)), 50)   # the next request: a reference again, the same kind of step
+    assert search.step_windows(other.tokens, 50) == 2
+    assert pacer.step(rt, other, budget(5.5)) == 0.0                     # 5.5 < what it cost last time
+    assert pacer.step(rt, other, budget(secs / 0.01 + 0.5)) > 0.0
