@@ -10,11 +10,16 @@ bit-identical to its one-token decode) / seconds of one plain one-token decode, 
 (specbench_worker.measure_verify_costs, the measurement every Spec-Bench run records). A draft of
 d tokens pays only where the expected accepted tokens + 1 exceed v(d + 1) plus the drafting cost.
 Flash attention on, -t threads for decoding and batches alike. Writes JSON and prints a table.
+
+Also the plain step both ways (`plain_paths`): a one-token decode through upstream's kernels
+(Runtime.decode) and through the verification kernels (Runtime.verify of one token), their logits
+compared bit for bit: where the second is identical and faster, plain decoding could take it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -33,9 +38,40 @@ def measure(model: str, contexts: list[int], threads: int, reps: int) -> dict:
                      n_threads_batch=threads, flash_attn=True, spec="off", profile=None, verbose=False)
     try:
         return {"path": str(path), "weights": weight_types(path),
-                "costs": measure_verify_costs(llm, contexts, SIZES, reps=reps)}
+                "costs": measure_verify_costs(llm, contexts, SIZES, reps=reps),
+                "plain_paths": plain_paths(llm, contexts, reps)}
     finally:
         llm.close()
+
+
+def plain_paths(llm, contexts: list[int], reps: int, tokens: int = 6) -> dict:
+    """Per context: a one-token decode through upstream's kernels and through the verification
+    kernels (batch invariance on), interleaved over 2 * reps rounds (medians, ms), and whether their
+    logits are bit-identical for `tokens` different tokens."""
+    import numpy as np
+
+    from swift_gguf.timing import interleaved, time_batch
+    rt = llm.rt
+    vocab = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8, add_bos=False)
+    out = {}
+    for ctx in contexts:
+        llm.reset()
+        filler = (vocab * (ctx // len(vocab) + 1))[:ctx]
+        rt.decode(filler, 0)
+        identical = True
+        for t in filler[:tokens]:
+            rt.decode([t], ctx)
+            a = rt.logits(-1).copy()
+            rt.remove(0, ctx, -1)
+            rt.verify([t], ctx)
+            identical = identical and bool(np.array_equal(a, rt.logits(-1)))
+            rt.remove(0, ctx, -1)
+        s = interleaved({"decode": lambda: time_batch(rt, filler[:1], ctx, verify=False),
+                         "verify": lambda: time_batch(rt, filler[:1], ctx)}, 2 * reps, alternate=True)
+        out[str(ctx)] = {"identical": identical, "decode_ms": 1e3 * statistics.median(s["decode"]),
+                         "verify_ms": 1e3 * statistics.median(s["verify"])}
+    llm.reset()
+    return out
 
 
 def weight_types(path) -> str:
@@ -56,6 +92,12 @@ def table(result: dict) -> str:
         for ctx, c in r["costs"].items():
             lines.append(f"| {model} | {r['weights']} | {ctx} | {c['t1'] * 1e3:.1f} ms | "
                          + " | ".join(f"{c['v'][str(n)]:.2f}" for n in SIZES) + " |")
+    paths = [(m, ctx, p) for m, r in result["models"].items() for ctx, p in r.get("plain_paths", {}).items()]
+    if paths:
+        lines += ["", "| model | ctx | one-token decode | through the verification kernels | logits identical |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {m} | {ctx} | {p['decode_ms']:.2f} ms | {p['verify_ms']:.2f} ms ({p['verify_ms'] / p['decode_ms']:.2f}) "
+                  f"| {'yes' if p['identical'] else 'NO'} |" for m, ctx, p in paths]
     return "\n".join(lines)
 
 

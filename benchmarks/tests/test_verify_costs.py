@@ -11,5 +11,8 @@ def test_verify_costs_measures_every_size_at_every_context(model_path):
     for c in r["costs"].values():
         assert c["t1"] > 0 and set(c["v"]) == {str(n) for n in vc.SIZES}
         assert c["v"]["32"] > c["v"]["2"] > 0   # 32 rows cost more than 2 (same weights, 16x the columns)
+    # a plain step through the verification kernels gives upstream's one-token logits bit for bit
+    assert set(r["plain_paths"]) == {"32", "64"}
+    assert all(p["identical"] and p["decode_ms"] > 0 and p["verify_ms"] > 0 for p in r["plain_paths"].values())
     lines = vc.table({"models": {"smollm2": r}}).splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| smollm2 | Q4_1")
+    assert len(lines) == 9 and lines[2].startswith("| smollm2 | Q4_1") and lines[-1].endswith("| yes |")
