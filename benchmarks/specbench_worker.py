@@ -158,11 +158,12 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
     median of each size counts: measuring one size after the other, best of 3, gave tables whose
     v(n) went up and down by 10-30% between neighbouring sizes (this VM's slow phases hit some
     sizes and not others), and a replay that decides on such a table exploits its accidents.
-    The plain step is a run, not one decode: right after a 64-token batch one decode took 5-12%
-    longer than in a run or in plain generation (SmolLM2, 96 and 720 cells), so tables up to
-    2026-12-05f had t1 too high and every v(n) as much too low (their oracle bounds optimistic:
-    an in-process trace of auto found its verifications as the table predicted, its plain steps
-    ~10% faster).
+    The plain step is a run of decodes, as plain decoding takes it. Up to the 2026-12-05g runs it was
+    one one-token verification: right after a 64-token batch that took 5-12% longer than a step of
+    plain generation on SmolLM2 (every v(n) as much too low, the oracle bound optimistic: an in-process
+    trace of auto found its verifications as the table predicted, its plain steps ~10% faster), and
+    through the verification kernels it is 13-20% faster than a plain step on Gemma 3 and Qwen 0.5B
+    (benchmarks/verify_costs.py's plain paths).
     """
     from swift_gguf.timing import batch_seconds
     rt = llm.rt

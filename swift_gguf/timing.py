@@ -75,8 +75,8 @@ def time_batch(rt: Runtime, tokens: Sequence[int], n_past: int, *, seq: int = 0,
 def plain_run(rt: Runtime, tokens: Sequence[int], n_past: int, k: int, *, seq: int = 0) -> float:
     """Mean decode seconds of k consecutive one-token decodes of tokens[:k] at positions n_past..,
     removed again afterwards: a plain step as plain decoding takes it, one after another. (Alone,
-    right after a large batch, a one-token decode ran 5-12% slower than in a run: SmolLM2 at 96
-    and 720 cells of context, benchmarks/specbench_worker.py's v(n) interleaving sizes up to 64.)"""
+    right after a large batch, a one-token step ran 5-12% slower than in a run: SmolLM2 at 96 and
+    720 cells of context, benchmarks/specbench_worker.py's v(n) interleaving sizes up to 64.)"""
     secs = sum(rt.decode([tokens[i]], n_past + i, seq=seq) for i in range(k)) / k
     rt.remove(seq, n_past, -1)
     return secs
