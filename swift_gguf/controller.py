@@ -11,9 +11,10 @@ this context length (costmodel.Costs.v_table). `auto`
 takes the offer and length with the highest S, or a plain step (S = 1) unless the best S
 exceeds 1 + margin; `swift` always takes the best offer. A stationary drafter (layer skipping:
 one prediction for the whole stream) whose cycles measured a loss (tokens per plain-step cost
-below 1) is set aside for a while, doubling each time, and each request carries a loss budget (`LossBudget`): no draft is longer than what the answer could
-still afford to lose if all of it were rejected, and once speculation (cycles and search probes)
-has cost an answer more than a few percent of its plain time, `auto` decodes it plainly.
+below 1) is set aside for a while, doubling each time, and each request carries a loss budget
+(`LossBudget`): no draft is longer than what the answer could still afford to lose if all of it
+were rejected, and once speculation (cycles and search probes) has cost an answer more than a
+few percent of its plain time, `auto` decodes it plainly.
 The decision is a deterministic function of these numbers (`choose`).
 """
 from __future__ import annotations
