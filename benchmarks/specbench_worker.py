@@ -146,6 +146,12 @@ class InProcess:
 PLAIN_RUN = 8   # consecutive one-token decodes per plain-step sample of measure_verify_costs
 
 
+def filler_tokens(llm, n: int) -> list[int]:
+    """n tokens of ordinary text: the context cost measurements are made after."""
+    text = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8, add_bos=False)
+    return (text * (n // len(text) + 1))[:n]
+
+
 def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int = 3) -> dict:
     """v(n) at each context length: time of one n-token batch (logits for all n) on a scratch
     sequence after `ctx` cached tokens, over the time of a one-token step there as plain decoding takes
@@ -167,7 +173,6 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
     """
     from swift_gguf.timing import batch_seconds
     rt = llm.rt
-    vocab = [t for t in llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8, add_bos=False)]
     out = {}
     order = sorted({1, *sizes})
     for ctx in contexts:
@@ -175,7 +180,7 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
         need = ctx + max(sizes) + 1
         if need > rt.n_ctx:
             continue
-        filler = (vocab * (ctx // len(vocab) + 1))[:ctx]
+        filler = filler_tokens(llm, ctx)
         batch = filler[:max(order)] if max(order) <= ctx else (filler * 2)[:max(order)]
         samples = batch_seconds(rt, batch, ctx, order, 2 * reps, fill=filler, alternate=True, plain=PLAIN_RUN)
         times = {n: statistics.median(v) for n, v in samples.items()}

@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.specbench_worker import measure_verify_costs
+from benchmarks.specbench_worker import filler_tokens, measure_verify_costs
 
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 SIZES = [2, 5, 9, 17, 32, 33, 64]   # 33, 64: two invariant ubatches (limits.INVARIANT_UBATCH = 32)
@@ -52,11 +52,10 @@ def plain_paths(llm, contexts: list[int], reps: int, tokens: int = 6) -> dict:
 
     from swift_gguf.timing import interleaved, time_batch
     rt = llm.rt
-    vocab = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8, add_bos=False)
     out = {}
     for ctx in contexts:
         llm.reset()
-        filler = (vocab * (ctx // len(vocab) + 1))[:ctx]
+        filler = filler_tokens(llm, ctx)
         rt.decode(filler, 0)
         identical = True
         for t in filler[:tokens]:
