@@ -126,7 +126,7 @@ class InProcess:
         if self.swift:
             st = llm.last_stats.to_dict()
             out["spec"] = {k: st.get(k) for k in ("cycles", "drafted", "accepted", "plain_steps", "mode_used",
-                                                  "t_search", "search_probes")}
+                                                  "t_search", "search_probes", "step_kernels")}
             for key in ("drafters", "by_drafter"):   # per-drafter stats, where the engine has them
                 if key in st:
                     out["spec"][key] = st[key]

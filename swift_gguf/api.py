@@ -106,7 +106,7 @@ class SwiftLlama(llama_cpp.Llama):
         if vocab_only:   # a tokenizer only: nothing to decode with
             self.rt, self.engine = None, None
             return
-        self.rt = Runtime(self._ctx.ctx, self._model.model, n_batch=self.n_batch)
+        self.rt = Runtime(self._ctx.ctx, self._model.model, n_batch=self.n_batch, cpu=self.backend == "cpu")
         # llama.cpp pads n_ctx up (to 256); honour the size asked for, which input_ids holds
         self._n_ctx = min(self._n_ctx, len(self.input_ids))
         self.rt.n_ctx = self._n_ctx

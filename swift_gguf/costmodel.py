@@ -35,7 +35,7 @@ import numpy as np
 from .limits import MAX_VERIFY
 from .protocols import Runtime
 from .skipset import SkipSet
-from .timing import batch_seconds
+from .timing import batch_seconds, choose_step_kernels
 
 EMA = 0.2           # weight of a new measurement in running averages
 BUCKET_BASE = 128   # context buckets: [0, 128), [128, 256), [256, 512), ... (each doubles)
@@ -421,11 +421,13 @@ def calibrate(rt: Runtime, last: int, n_past: int, costs: Costs, *, sub_layers: 
     """Measure t_plain, v(n) and per-sub-layer costs at context n_past (once per model).
 
     Runs on a scratch sequence that shares the stream's cells before n_past, so the stream is
-    untouched; `last` is the token decoded (repeated for the batch sizes).
+    untouched; `last` is the token decoded (repeated for the batch sizes). The runtime's choice of
+    kernels for one-token decodes is made first where it is open (timing.choose_step_kernels).
     """
     sizes = [n for n in (1, *CALIBRATION_SIZES) if rt.room(n_past) > n + 1 and n <= rt.max_verify]
     if len(sizes) < 3:
         return costs
+    choose_step_kernels(rt, last, n_past)   # (t_plain and the drafting steps on the kernels they will run)
     toks = [last] * max(sizes)
 
     def timed(sizes: list[int], mask: bytes = b"") -> dict[int, float]:

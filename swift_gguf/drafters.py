@@ -406,7 +406,7 @@ class LayerSkipDrafter:
         try:
             with rt.skipping(self.skip.mask()):
                 while len(drafts) < d:
-                    rt.decode([tok], pos)
+                    rt.step(tok, pos)
                     tok, p = top1(rt.logits(-1), self._scratch)
                     drafts.append(tok)
                     probs.append(p)

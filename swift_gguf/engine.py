@@ -97,6 +97,7 @@ class GenStats:
     costs: dict = field(default_factory=dict)
     acceptance: dict = field(default_factory=dict)   # lookup: conditional acceptance by match class
     exact: bool = True   # False where the backend's verification batches are not bit-identical (CUDA)
+    step_kernels: str = ""   # plain steps' kernels: upstream, verification, timing (runtime.StepKernels)
 
     @property
     def acceptance_rate(self) -> float:
@@ -272,6 +273,7 @@ class SwiftEngine:
             stats.costs = self.costs.to_json()
             stats.acceptance = self.lookup.acceptance.to_json()
             stats.search_probes = self.search.state.probes
+            stats.step_kernels = self.rt.kernels.label()
 
     def _search_allowed(self) -> bool:
         cfg = self.config
@@ -279,7 +281,7 @@ class SwiftEngine:
                 and resolve_spec_type(cfg.spec_type, cfg.mode) in ("auto", LAYER_SKIP))
 
     def _plain_step(self, stream: Stream, sampler: TokenSampler, stats: GenStats) -> list[Token]:
-        secs = self.rt.decode([stream.last], stream.n_past)
+        secs = self.rt.step(stream.last, stream.n_past, plain=True)
         tok = sampler.sample(-1, stream.tokens)
         self.costs.observe_plain(stream.n_past, secs)
         stream.n_past += 1

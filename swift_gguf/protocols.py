@@ -20,10 +20,13 @@ class Runtime(Protocol):
     n_layer: int
     n_vocab: int
     max_verify: int   # most tokens one verify() call takes
+    kernels: "StepKernelChoice"   # which kernels step() runs (runtime.StepKernels)
 
     def decode(self, tokens: Sequence[int], pos0: int, *, seq: int = 0, all_logits: bool = False) -> float: ...
 
     def verify(self, tokens: Sequence[int], pos0: int, *, seq: int = 0) -> float: ...
+
+    def step(self, token: int, pos: int, *, seq: int = 0, plain: bool = False) -> float: ...
 
     def logits(self, row: int = -1): ...
 
@@ -38,6 +41,14 @@ class Runtime(Protocol):
     def room(self, n_past: int) -> int: ...
 
     def skipping(self, mask: bytes) -> AbstractContextManager[None]: ...
+
+
+@runtime_checkable
+class StepKernelChoice(Protocol):
+    """Which kernels one-token decodes run (runtime.StepKernels): chosen from plain steps' timings."""
+    verification: bool | None   # the verification kernels (True), upstream's (False), not chosen yet (None)
+
+    def label(self) -> str: ...
 
 
 class SpecSettings(Protocol):

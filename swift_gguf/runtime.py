@@ -6,6 +6,7 @@ The engine and the search talk to llama.cpp only through this class.
 from __future__ import annotations
 
 import ctypes
+import statistics
 import time
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -31,10 +32,56 @@ _DECODE_ERRORS = {
 }
 
 
+#: plain steps timed per kernel path before a Runtime keeps one (alternating, so both see the same
+#: contexts and the same cache state after verifications)
+STEP_TRIALS = 8
+#: one-token decodes keep the verification kernels only where they are at least this much faster
+#: (the medians of STEP_TRIALS steps differ by ~1% where the two are equal)
+STEP_MARGIN = 0.97
+
+
+class StepKernels:
+    """Which kernels one-token decodes run on a CPU: upstream's (tinyBLAS where it applies) or the
+    verification kernels (batch invariance on: patches 0003/0006's column kernels, ggml's vec_dot).
+
+    Their logits are the same bit for bit: every row of a verification batch equals its one-token
+    decode (patch 0003), and a one-token verification is such a row, checked like the others at every
+    ISA level and setting (selfcheck.SIZES holds 1; tests/native/arm for ARM64). Which one is faster
+    depends on the weights' types and the CPU: on a Zen 5, Gemma 3 (a Q8_0 output matrix) decodes in
+    0.80x the time through the verification kernels and Qwen2.5-Coder-0.5B in 0.86x, SmolLM2 (Q4_1)
+    and Qwen2.5-Coder-1.5B (Q4_K) in 1.01-1.04x (benchmarks/verify_costs.py). So plain steps take
+    both, alternating, STEP_TRIALS each, then keep the faster: off and auto decode plainly at the
+    better speed, with the same output. Elsewhere (a GPU, RPC workers) one-token decodes are upstream's.
+    """
+
+    def __init__(self, choose: bool):
+        self.verification: bool | None = None if choose else False   # None: still timing both
+        self._seconds: tuple[list[float], list[float]] = ([], [])   # (upstream, verification)
+
+    def next(self) -> bool:
+        """Whether the next plain step runs the verification kernels."""
+        if self.verification is not None:
+            return self.verification
+        upstream, verification = self._seconds
+        return len(verification) < len(upstream)
+
+    def observe(self, verification: bool, seconds: float) -> None:
+        """A plain step's decode time on the path it took; the choice is made once both have enough."""
+        if self.verification is not None:
+            return
+        self._seconds[verification].append(seconds)
+        upstream, ver = self._seconds
+        if len(upstream) >= STEP_TRIALS and len(ver) >= STEP_TRIALS:
+            self.verification = statistics.median(ver) < STEP_MARGIN * statistics.median(upstream)
+
+    def label(self) -> str:
+        return {None: "timing", True: "verification", False: "upstream"}[self.verification]
+
+
 class Runtime:
     """Decode calls, logits and KV edits on one context, with timing of every call."""
 
-    def __init__(self, ctx_ptr, model_ptr, *, n_batch: int):
+    def __init__(self, ctx_ptr, model_ptr, *, n_batch: int, cpu: bool = False):
         self.ctx = ctx_ptr
         self.model = model_ptr
         self.vocab = C.llama_model_get_vocab(model_ptr)
@@ -50,6 +97,8 @@ class Runtime:
         self._row_types: dict[int, type] = {}
         self._views: dict[tuple[int, int], np.ndarray] = {}   # (address, rows) -> view of the logits there
         self.decode_calls = 0
+        # which kernels one-token decodes run (`step`): a choice only where every layer is on this CPU
+        self.kernels = StepKernels(choose=cpu)
         self._rpc_errors = native.rpc_error_count()   # RPC connection failures so far (patch 0005)
 
     def close(self) -> None:
@@ -102,6 +151,24 @@ class Runtime:
             return self.decode(tokens, pos0, seq=seq, all_logits=True)
         finally:
             native.set_batch_invariance(self.ctx, 0)
+
+    def step(self, token: int, pos: int, *, seq: int = 0, plain: bool = False) -> float:
+        """Decode one token (its row's logits kept) through the kernels `self.kernels` chose (the
+        same logits either way); returns seconds taken. plain: a full-model plain step, the steps
+        the choice is timed on (a drafting step under a skip mask takes the chosen path, or
+        upstream's while both are still being timed)."""
+        verification = self.kernels.next() if plain else bool(self.kernels.verification)
+        if not verification:
+            secs = self.decode([token], pos, seq=seq)
+        else:
+            native.set_batch_invariance(self.ctx)
+            try:
+                secs = self.decode([token], pos, seq=seq)
+            finally:
+                native.set_batch_invariance(self.ctx, 0)
+        if plain:
+            self.kernels.observe(verification, secs)
+        return secs
 
     def _fill(self, tokens: Sequence[int], pos0: int, seq: int, all_logits: bool, last: bool) -> None:
         b = self._batch

@@ -24,9 +24,10 @@ import numpy as np
 #: past it, past 512 (one-token decodes split the attention into one chunk per thread there) and
 #: past 1024
 POSITIONS = (100, 300, 600, 1100)
-#: verification sizes: the smallest, a typical layer-skip draft + 1, a long lookup draft + 1, one
-#: past limits.INVARIANT_UBATCH (llama.cpp decodes it as two ubatches, 32 + 8)
-SIZES = (2, 9, 17, 40)
+#: verification sizes: one token (a plain step through the verification kernels, runtime.StepKernels),
+#: the smallest draft, a typical layer-skip draft + 1, a long lookup draft + 1, one past
+#: limits.INVARIANT_UBATCH (llama.cpp decodes it as two ubatches, 32 + 8)
+SIZES = (1, 2, 9, 17, 40)
 
 
 @dataclass(frozen=True)

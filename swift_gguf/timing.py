@@ -6,6 +6,8 @@
   time_batch    one batch of n tokens at a context (a verification batch: logits for every row,
                 or a plain step), its decode seconds; the positions are removed again
   plain_run     the mean of k consecutive one-token decodes (a plain step as plain decoding takes it)
+  choose_step_kernels  the runtime's choice of kernels for one-token decodes, made now (plain steps
+                on the scratch sequence), so that a calibration times the steps plain decoding takes
   batch_seconds samples of verification batches of several sizes at a context (v(n))
   CycleReplay   a draft/verify cycle as SwiftEngine._cycle runs it (greedy one-token drafts with
                 the skip mask, their KV removed, one verification of them all, rejected KV removed)
@@ -73,13 +75,29 @@ def time_batch(rt: Runtime, tokens: Sequence[int], n_past: int, *, seq: int = 0,
 
 
 def plain_run(rt: Runtime, tokens: Sequence[int], n_past: int, k: int, *, seq: int = 0) -> float:
-    """Mean decode seconds of k consecutive one-token decodes of tokens[:k] at positions n_past..,
-    removed again afterwards: a plain step as plain decoding takes it, one after another. (Alone,
+    """Mean decode seconds of k consecutive one-token decodes (Runtime.step: the kernels plain steps
+    run) of tokens[:k] at positions n_past.., removed again afterwards: a plain step as plain
+    decoding takes it, one after another. (Alone,
     right after a large batch, a one-token step ran 5-12% slower than in a run: SmolLM2 at 96 and
     720 cells of context, benchmarks/specbench_worker.py's v(n) interleaving sizes up to 64.)"""
-    secs = sum(rt.decode([tokens[i]], n_past + i, seq=seq) for i in range(k)) / k
+    secs = sum(rt.step(tokens[i], n_past + i, seq=seq) for i in range(k)) / k
     rt.remove(seq, n_past, -1)
     return secs
+
+
+def choose_step_kernels(rt: Runtime, token: int, n_past: int, *, limit: int = 32) -> None:
+    """Make the runtime's choice of one-token kernels (runtime.StepKernels) now if it is still open:
+    plain steps of `token` at consecutive positions after n_past on the scratch sequence, as plain
+    decoding's first steps would make it (at most `limit`), removed again. A calibration times its
+    plain step and drafting steps after this, on the kernels plain decoding and drafting will run
+    (Gemma 3: 20% apart on a Zen 5)."""
+    if rt.kernels.verification is not None or rt.room(n_past) <= limit + 1:
+        return
+    with scratch(rt, n_past) as seq:
+        for i in range(limit):
+            if rt.kernels.verification is not None:
+                break
+            rt.step(token, n_past + i, seq=seq, plain=True)
 
 
 def batch_seconds(rt: Runtime, tokens: Sequence[int], n_past: int, sizes: Sequence[int], rounds: int, *,
@@ -88,12 +106,13 @@ def batch_seconds(rt: Runtime, tokens: Sequence[int], n_past: int, sizes: Sequen
     """Decode seconds of verification batches of each size (tokens[:n]) at a context of n_past tokens
     on the scratch sequence (`scratch`: the stream's cells, or `fill`), interleaved over `rounds`
     timed rounds, with the skip mask set: what costmodel.calibrate measures v(n) with (best of
-    each), and benchmarks/specbench_worker.py at the contexts of a run (median of each). plain > 0:
-    size 1 is a `plain_run` of that many tokens instead of a one-token batch."""
+    each), and benchmarks/specbench_worker.py at the contexts of a run (median of each). Size 1 is
+    a plain step (`plain_run` of max(plain, 1) tokens: a one-token verification may run other
+    kernels than plain steps, runtime.StepKernels)."""
     with scratch(rt, n_past, fill) as seq, rt.skipping(mask):
         calls = {n: (lambda n=n: time_batch(rt, tokens[:n], n_past, seq=seq)) for n in sizes}
-        if plain and 1 in calls:
-            calls[1] = lambda: plain_run(rt, tokens, n_past, plain, seq=seq)
+        if 1 in calls:
+            calls[1] = lambda: plain_run(rt, tokens, n_past, max(plain, 1), seq=seq)
         return interleaved(calls, rounds, alternate=alternate)
 
 
@@ -115,7 +134,7 @@ class CycleReplay:
         rt, out, tok = self.rt, [], self.last
         with rt.skipping(mask):
             for i in range(d):
-                rt.decode([tok], self.n_past + i, seq=self.seq)
+                rt.step(tok, self.n_past + i, seq=self.seq)
                 tok, _ = top1(rt.logits(-1), self._scratch)
                 out.append(tok)
         rt.remove(self.seq, self.n_past, -1)
@@ -130,7 +149,7 @@ class CycleReplay:
     def _step(self) -> float:
         rt = self.rt
         t = time.perf_counter()
-        rt.decode([self.last], self.n_past, seq=self.seq)
+        rt.step(self.last, self.n_past, seq=self.seq)
         top1(rt.logits(-1), self._scratch)
         dt = time.perf_counter() - t
         rt.remove(self.seq, self.n_past, -1)

@@ -5,7 +5,7 @@ host is x86, so tests/native/arm/run_arm_check.sh cross-builds the patched llama
 patches/*.patch applied to the pinned sdist, as native/build.py does) for aarch64 at two ISA levels
 (armv8.2-a+dotprod+fp16: Apple M1; +i8mm: M2 and later, where ggml takes the 8x8 repacked and
 mmla kernels) and runs tests/native/arm/verify_check.cpp under `qemu-aarch64 -cpu max`: after prompts
-of 100 and 300 tokens, batches of n = 2, 9, 17 with the invariance setting (and without it, the
+of 100 and 300 tokens, batches of n = 1, 2, 9, 17 with the invariance setting (and without it, the
 negative control) against n one-token decodes, flash attention on and off, threads 2/2 and 1/2
 (llama-cpp-python's default on 2 cores), SmolLM2 (Q4_1/Q8_0) and Gemma 3 (Q4_K/Q6_K/Q5_0/Q8_0).
 Verification batches on ARM go through patch 0006's NEON multi-column kernels (dot products and the
@@ -63,8 +63,9 @@ def test_verification_rows_equal_one_token_decodes_on_arm64():
     failures = [r for r in invariant if r[7] != "0"]
     assert not failures, f"verification rows differ from one-token decodes on aarch64: {failures}\n{out[-4000:]}"
     assert p.returncode == 0, out[-4000:]
-    # the whole grid ran: 2 ISA levels x 2 models x (FA on, 2/2, L 100 and 300, n 2/9/17 + FA off, 1/2, L 300, n 2/9)
-    assert len(invariant) == 2 * 2 * (2 * 3 + 2), len(invariant)
+    # the whole grid ran: 2 ISA levels x 2 models x (FA on, 2/2, L 100 and 300, n 1/2/9/17 + FA off, 1/2, L 300,
+    # n 1/2/9); n 1: a plain step through the verification kernels (runtime.StepKernels)
+    assert len(invariant) == 2 * 2 * (2 * 4 + 3), len(invariant)
     assert {r[0] for r in invariant} == {"SmolLM2-135M-Instruct.Q4_1.gguf", next(
         p.name for p in (cache_dir() / "models").glob("gemma-3-270m*.gguf"))}
     assert {r[1] for r in invariant} == {"0", "1"} and {(r[2], r[3]) for r in invariant} == {("2", "2"), ("1", "2")}

@@ -35,14 +35,14 @@ THREADS = {"default": (None, None), "1/2": (1, 2), "2/1": (2, 1), "2/2": (2, 2),
 # KV positions where verification batches start: short; crossing 256 (the padding step, and from
 # there on one-token decodes take the split-KV attention); crossing 512; past 1024
 POSITIONS = (100, 250, 505, 1020)
-SIZES = (2, 9, 17)
+SIZES = (1, 2, 9, 17)   # 1: a plain step through the verification kernels (runtime.StepKernels)
 
 
 @pytest.mark.parametrize("threads", list(THREADS))
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "no-fa"])
 @pytest.mark.parametrize("name", MODELS)
 def test_verification_rows_equal_one_token_decodes(name, flash_attn, threads):
-    """Every row of verification batches of 2, 9 and 17 tokens, at contexts up to 1037 tokens, has
+    """Every row of verification batches of 1, 2, 9 and 17 tokens, at contexts up to 1037 tokens, has
     exactly the logits of the one-token decode of its token, with the thread counts decodes and
     batches really run with."""
     n_threads, n_threads_batch = THREADS[threads]

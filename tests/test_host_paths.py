@@ -20,6 +20,7 @@ from swift_gguf.controller import HOLD_TOKENS, Controller, choose
 from swift_gguf.costmodel import MIN_LIVE, V_DRIFT, V_MAX, V_REFRESH, V_VERIFY_WEIGHT, Costs, bucket
 from swift_gguf.drafters import CANDIDATES, MATCH_CAP, NGRAM_MAX, NgramIndex, Offer
 from swift_gguf.engine import SpecConfig, Stream
+from swift_gguf.runtime import STEP_TRIALS, StepKernels
 
 
 def reference_table(c: Costs, n_ctx: int) -> np.ndarray:
@@ -242,6 +243,7 @@ class FakeRuntime:
         self.seconds, self.n_layer, self.n_vocab, self.n_ctx = seconds, n_layer, 8, n_ctx
         self.max_verify = 64
         self.log, self.mask = [], b""
+        self.kernels = StepKernels(choose=False)
 
     def verify(self, tokens, pos0, *, seq=0):
         self.log.append(("verify", len(tokens), pos0, seq, self.mask))
@@ -250,6 +252,14 @@ class FakeRuntime:
     def decode(self, tokens, pos0, *, seq=0, all_logits=False):
         self.log.append(("decode", len(tokens), pos0, seq, self.mask))
         return self.seconds(len(tokens), self.mask, len(self.log))
+
+    def step(self, token, pos, *, seq=0, plain=False):
+        verification = self.kernels.next() if plain else bool(self.kernels.verification)
+        self.log.append(("step", 1, pos, seq, self.mask) + (("verification",) if verification else ()))
+        secs = self.seconds(1, self.mask, len(self.log)) * (0.8 if verification else 1.0)
+        if plain:
+            self.kernels.observe(verification, secs)
+        return secs
 
     def remove(self, seq, p0, p1=-1):
         self.log.append(("remove", seq, p0, p1))
@@ -270,7 +280,8 @@ class FakeRuntime:
 
 
 def reference_calibration(rt, last, n_past, reps=3):
-    """costmodel.calibrate's timing loop as it was written before timing.py (issue 28)."""
+    """costmodel.calibrate's timing loop as it was written before timing.py (issue 28), its size 1 a
+    plain step since plain steps may run other kernels than a one-token verification."""
     sizes = [n for n in (1, *cm.CALIBRATION_SIZES) if rt.room(n_past) > n + 1]
     toks = [last] * max(sizes)
 
@@ -280,8 +291,8 @@ def reference_calibration(rt, last, n_past, reps=3):
         try:
             with rt.skipping(mask):
                 for i in range(reps + 1):
-                    for n in sizes:
-                        secs = rt.verify(toks[:n], n_past, seq=1)
+                    for n in sizes:   # (size 1: a plain step, runtime.StepKernels)
+                        secs = rt.verify(toks[:n], n_past, seq=1) if n > 1 else rt.step(toks[0], n_past, seq=1)
                         rt.remove(1, n_past, -1)
                         if i:
                             best[n] = min(best[n], secs)
@@ -311,6 +322,22 @@ def test_calibration_makes_the_same_calls_and_numbers_through_timing():
     assert costs.attn == max(1.0 - c_attn, 0.0) / (n - 2) and costs.ffn == max(1.0 - c_ffn, 0.0) / (n - 2)
 
 
+def test_calibration_first_chooses_the_kernels_plain_steps_will_run():
+    """Where the runtime's choice of one-token kernels is open, calibrate makes it first (plain steps at
+    consecutive positions on the scratch sequence, alternating), then times its plain step and the
+    drafting steps on the chosen kernels."""
+    rt = FakeRuntime(lambda n, mask, k: 0.01 * (0.6 + 0.4 * n))   # here the verification kernels: 0.8x
+    rt.kernels = StepKernels(choose=True)
+    costs = cm.calibrate(rt, 5, 100, Costs())
+    trial = [c for c in rt.log if c[0] == "step" and c[2] >= 100][:2 * STEP_TRIALS]
+    assert [c[2] for c in trial] == list(range(100, 100 + 2 * STEP_TRIALS))
+    assert [len(c) == 6 for c in trial] == [False, True] * STEP_TRIALS
+    assert rt.kernels.verification is True
+    later = [c for c in rt.log[rt.log.index(trial[-1]) + 1:] if c[0] == "step"]
+    assert later and all(c[-1] == "verification" for c in later)   # plain and masked steps alike
+    assert costs.t_plain == pytest.approx(0.008)
+
+
 def test_a_plain_step_sample_is_a_run_of_consecutive_decodes():
     """timing.batch_seconds(plain=k): size 1 is k one-token decodes at consecutive positions (as plain
     decoding takes them, not one decode right after a large batch), their mean, removed afterwards."""
@@ -318,9 +345,9 @@ def test_a_plain_step_sample_is_a_run_of_consecutive_decodes():
 
     rt = FakeRuntime(lambda n, mask, k: 0.001 * k)
     samples = batch_seconds(rt, [7] * 9, 100, [1, 9], 2, plain=4)
-    runs = [i for i, c in enumerate(rt.log) if c[:3] == ("decode", 1, 100)]
+    runs = [i for i, c in enumerate(rt.log) if c[:3] == ("step", 1, 100)]
     assert len(runs) == 3 and len(samples[1]) == 2 and len(samples[9]) == 2   # one untimed round
     for i in runs:
-        assert rt.log[i:i + 5] == [("decode", 1, 100 + j, 1, b"") for j in range(4)] + [("remove", 1, 100, -1)]
+        assert rt.log[i:i + 5] == [("step", 1, 100 + j, 1, b"") for j in range(4)] + [("remove", 1, 100, -1)]
     k = runs[-1] + 1   # the last run's decodes are log entries k..k+3: their mean
     assert samples[1][-1] == pytest.approx(0.001 * (4 * k + 6) / 4)

@@ -32,8 +32,9 @@ def _members(proto) -> set[str]:
 
 
 def test_the_products_collaborators_have_what_the_protocols_list():
-    from swift_gguf.runtime import Runtime
+    from swift_gguf.runtime import Runtime, StepKernels
     assert isinstance(Costs(), protocols.CostModel)
+    assert isinstance(StepKernels(choose=True), protocols.StepKernelChoice)
     for name in _members(protocols.Runtime) - set(protocols.Runtime.__annotations__):
         assert callable(getattr(Runtime, name)), name
     config = SpecConfig()
