@@ -38,6 +38,10 @@ STEP_TRIALS = 8
 #: one-token decodes keep the verification kernels only where they are at least this much faster
 #: (the medians of STEP_TRIALS steps differ by ~1% where the two are equal)
 STEP_MARGIN = 0.97
+#: plain steps after which the choice is timed again: one made while another process held a core
+#: would otherwise stay for the model's lifetime (a new trial costs STEP_TRIALS steps on the slower
+#: path, ~0.2% of the steps at a 20% difference)
+STEP_REVISIT = 1024
 
 
 class StepKernels:
@@ -51,12 +55,15 @@ class StepKernels:
     0.80x the time through the verification kernels and Qwen2.5-Coder-0.5B in 0.86x, SmolLM2 (Q4_1)
     and Qwen2.5-Coder-1.5B (Q4_K) in 1.01-1.04x (benchmarks/verify_costs.py). So plain steps take
     both, alternating, STEP_TRIALS each, then keep the faster: off and auto decode plainly at the
-    better speed, with the same output. Elsewhere (a GPU, RPC workers) one-token decodes are upstream's.
+    better speed, with the same output; every STEP_REVISIT plain steps they are timed again. Elsewhere
+    (a GPU, RPC workers) one-token decodes are upstream's.
     """
 
     def __init__(self, choose: bool):
         self.verification: bool | None = None if choose else False   # None: still timing both
+        self.choose = choose
         self._seconds: tuple[list[float], list[float]] = ([], [])   # (upstream, verification)
+        self._since = 0   # plain steps since the choice
 
     def next(self) -> bool:
         """Whether the next plain step runs the verification kernels."""
@@ -66,8 +73,12 @@ class StepKernels:
         return len(verification) < len(upstream)
 
     def observe(self, verification: bool, seconds: float) -> None:
-        """A plain step's decode time on the path it took; the choice is made once both have enough."""
+        """A plain step's decode time on the path it took; the choice is made once both have enough,
+        and made again after STEP_REVISIT more plain steps."""
         if self.verification is not None:
+            self._since += 1
+            if self.choose and self._since >= STEP_REVISIT:
+                self.verification, self._seconds, self._since = None, ([], []), 0
             return
         self._seconds[verification].append(seconds)
         upstream, ver = self._seconds

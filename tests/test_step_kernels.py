@@ -13,7 +13,7 @@ import pytest
 
 from swift_gguf.api import SwiftLlama
 from swift_gguf.models import resolve_model
-from swift_gguf.runtime import STEP_MARGIN, STEP_TRIALS, StepKernels
+from swift_gguf.runtime import STEP_MARGIN, STEP_REVISIT, STEP_TRIALS, StepKernels
 from swift_gguf.sampling import SamplingParams
 from tests.test_lossless_settings import N_CTX, SETTINGS, _llama_greedy, _prompt_tokens, _questions
 
@@ -35,6 +35,20 @@ def test_plain_steps_alternate_then_keep_the_faster():
     taken = _time(k, upstream=0.010, verification=0.008, steps=2 * STEP_TRIALS)
     assert taken == [False, True] * STEP_TRIALS and k.verification is True and k.label() == "verification"
     assert _time(k, upstream=0.001, verification=1.0, steps=5) == [True] * 5   # chosen once, kept
+
+
+def test_the_choice_is_timed_again_after_a_while():
+    """A choice made while the machine was busy does not stay for the model's lifetime."""
+    k = StepKernels(choose=True)
+    _time(k, upstream=0.010, verification=0.020, steps=2 * STEP_TRIALS)   # (disturbed: verification slow)
+    assert k.verification is False
+    assert _time(k, upstream=0.010, verification=0.008, steps=STEP_REVISIT) == [False] * STEP_REVISIT
+    assert k.verification is None   # timing both again
+    assert _time(k, upstream=0.010, verification=0.008, steps=2 * STEP_TRIALS) == [False, True] * STEP_TRIALS
+    assert k.verification is True
+    fixed = StepKernels(choose=False)   # (off the CPU: nothing to time)
+    _time(fixed, upstream=0.010, verification=0.001, steps=STEP_REVISIT + 1)
+    assert fixed.verification is False
 
 
 def test_upstream_stays_unless_the_verification_kernels_are_clearly_faster():
