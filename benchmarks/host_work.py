@@ -170,6 +170,7 @@ def _timed(start, llm) -> dict:
     if llm is not None:
         st = llm.last_stats
         r.update(drafted=st.drafted, accepted=st.accepted, cycles=st.cycles, plain_steps=st.plain_steps,
+                 step_kernels=st.step_kernels,
                  drafters={k: {"drafted": v["drafted"], "accepted": v["accepted"]} for k, v in st.drafters.items()})
     return r
 
@@ -223,7 +224,8 @@ def summarize(samples: dict, arm: str) -> dict:
     out["identical"] = all(s["identical"] for s in mine)
     if "drafted" in mine[0]:
         out.update(drafted=sum(s["drafted"] for s in mine), accepted=sum(s["accepted"] for s in mine),
-                   cycles=sum(s["cycles"] for s in mine), plain_steps=sum(s["plain_steps"] for s in mine))
+                   cycles=sum(s["cycles"] for s in mine), plain_steps=sum(s["plain_steps"] for s in mine),
+                   step_kernels=mine[-1]["step_kernels"])   # (the plain steps' kernels at the last round)
     out["decodes_per_run"] = statistics.median(s["decodes"] for s in mine)
     return out
 
@@ -239,7 +241,8 @@ def render(result: dict) -> str:
             def f(k, p=0):
                 s = a[k]
                 return f"{s['median']:.{p}f} [{s['min']:.{p}f}-{s['max']:.{p}f}]"
-            drafts = (f"{a['accepted']}/{a['drafted']} in {a['cycles']} cycles" if "drafted" in a else "")
+            drafts = (f"{a['accepted']}/{a['drafted']} in {a['cycles']} cycles, {a.get('step_kernels', '?')} kernels"
+                      if "drafted" in a else "")
             same = "" if a["identical"] else "  OUTPUT DIFFERS"
             lines.append(f"{arm:12s} {f('wall_us'):>20s} {a['decode_us']['median']:7.0f} {f('host_us'):>18s} "
                          f"{f('speed_vs_off', 3):>18s} {f('speed_vs_llama', 3):>18s} "

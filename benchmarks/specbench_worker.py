@@ -164,17 +164,22 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
     median of each size counts: measuring one size after the other, best of 3, gave tables whose
     v(n) went up and down by 10-30% between neighbouring sizes (this VM's slow phases hit some
     sizes and not others), and a replay that decides on such a table exploits its accidents.
-    The plain step is a run of decodes, as plain decoding takes it. Up to the 2026-12-05g runs it was
+    The plain step is a run of decodes, as plain decoding takes it, on the kernels it takes
+    (runtime.StepKernels: the choice is made first where it is open). Up to the 2026-12-05g runs it was
     one one-token verification: right after a 64-token batch that took 5-12% longer than a step of
     plain generation on SmolLM2 (every v(n) as much too low, the oracle bound optimistic: an in-process
     trace of auto found its verifications as the table predicted, its plain steps ~10% faster), and
     through the verification kernels it is 13-20% faster than a plain step on Gemma 3 and Qwen 0.5B
     (benchmarks/verify_costs.py's plain paths).
     """
-    from swift_gguf.timing import batch_seconds
+    from swift_gguf.timing import batch_seconds, choose_step_kernels
     rt = llm.rt
     out = {}
     order = sorted({1, *sizes})
+    # the plain step on the kernels plain decoding takes (a fresh model has not chosen yet; a benchmark's
+    # `off` worker has, after its answers)
+    llm.reset()
+    choose_step_kernels(rt, filler_tokens(llm, 1)[0], 0)
     for ctx in contexts:
         llm.reset()
         need = ctx + max(sizes) + 1
@@ -184,7 +189,8 @@ def measure_verify_costs(llm, contexts: list[int], sizes: list[int], reps: int =
         batch = filler[:max(order)] if max(order) <= ctx else (filler * 2)[:max(order)]
         samples = batch_seconds(rt, batch, ctx, order, 2 * reps, fill=filler, alternate=True, plain=PLAIN_RUN)
         times = {n: statistics.median(v) for n, v in samples.items()}
-        out[str(ctx)] = {"t1": times[1], "v": {str(n): times[n] / times[1] for n in order if n > 1}}
+        out[str(ctx)] = {"t1": times[1], "v": {str(n): times[n] / times[1] for n in order if n > 1},
+                         "step_kernels": rt.kernels.label()}
     llm.reset()
     return out
 

@@ -5,7 +5,8 @@
     python -m benchmarks.verify_costs -m gemma3-270m -m my.gguf --contexts 100,1000
 
 v(n) = seconds of one n-token verification batch (Runtime.verify: logits for every row, each row
-bit-identical to its one-token decode) / seconds of one plain one-token decode, at a context of
+bit-identical to its one-token decode) / seconds of one plain one-token decode (on the kernels plain
+decoding chooses, runtime.StepKernels), at a context of
 `ctx` cached tokens; the sizes interleaved round by round after an untimed round, medians
 (specbench_worker.measure_verify_costs, the measurement every Spec-Bench run records). A draft of
 d tokens pays only where the expected accepted tokens + 1 exceed v(d + 1) plus the drafting cost.
@@ -13,7 +14,7 @@ Flash attention on, -t threads for decoding and batches alike. Writes JSON and p
 
 Also the plain step both ways (`plain_paths`): a one-token decode through upstream's kernels
 (Runtime.decode) and through the verification kernels (Runtime.verify of one token), their logits
-compared bit for bit: where the second is identical and faster, plain decoding could take it.
+compared bit for bit: where the second is faster, plain decoding takes it (runtime.StepKernels).
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def table(result: dict) -> str:
              "|---|---|---|---|" + "---|" * len(SIZES)]
     for model, r in result["models"].items():
         for ctx, c in r["costs"].items():
-            lines.append(f"| {model} | {r['weights']} | {ctx} | {c['t1'] * 1e3:.1f} ms | "
+            kernels = f" ({c['step_kernels']} kernels)" if "step_kernels" in c else ""
+            lines.append(f"| {model} | {r['weights']} | {ctx} | {c['t1'] * 1e3:.1f} ms{kernels} | "
                          + " | ".join(f"{c['v'][str(n)]:.2f}" for n in SIZES) + " |")
     paths = [(m, ctx, p) for m, r in result["models"].items() for ctx, p in r.get("plain_paths", {}).items()]
     if paths:

@@ -11,6 +11,7 @@ def test_verify_costs_measures_every_size_at_every_context(model_path):
     for c in r["costs"].values():
         assert c["t1"] > 0 and set(c["v"]) == {str(n) for n in vc.SIZES}
         assert c["v"]["32"] > c["v"]["2"] > 0   # 32 rows cost more than 2 (same weights, 16x the columns)
+        assert c["step_kernels"] in ("upstream", "verification")   # chosen before the plain step is timed
     # a plain step through the verification kernels gives upstream's one-token logits bit for bit
     assert set(r["plain_paths"]) == {"32", "64"}
     assert all(p["identical"] and p["decode_ms"] > 0 and p["verify_ms"] > 0 for p in r["plain_paths"].values())
