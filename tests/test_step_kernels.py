@@ -14,10 +14,8 @@ import pytest
 from swift_gguf.api import SwiftLlama
 from swift_gguf.models import resolve_model
 from swift_gguf.runtime import STEP_MARGIN, STEP_REVISIT, STEP_TRIALS, StepKernels
-from swift_gguf.sampling import SamplingParams
-from tests.test_lossless_settings import N_CTX, SETTINGS, _llama_greedy, _prompt_tokens, _questions
-
-N_TOKENS = 48
+from tests.test_lossless_settings import (N_CTX, N_TOKENS, SETTINGS, _llama_greedy, _prompt_tokens, _questions,
+                                          _swift_greedy)
 
 
 def _time(kernels: StepKernels, upstream: float, verification: float, steps: int) -> list[bool]:
@@ -75,16 +73,6 @@ def test_off_the_cpu_one_token_decodes_stay_upstream():
     assert k.label() == "upstream"
 
 
-def _plain(llm: SwiftLlama, toks: list[int]) -> list[int]:
-    llm.reset()
-    out = []
-    for t in llm.generate_tokens(toks, SamplingParams(), max_tokens=N_TOKENS):
-        if llm.rt.is_eog(t.id):
-            break
-        out.append(t.id)
-    return out
-
-
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_plain_decoding_through_either_kernels_is_llamas(name, setting):
@@ -93,16 +81,16 @@ def test_plain_decoding_through_either_kernels_is_llamas(name, setting):
     try:
         prompts = [_prompt_tokens(llm, q) for q in _questions().values()]
         assert all(len(p) > 512 for p in prompts)
-        reference = [r[:N_TOKENS] for r in _llama_greedy(model, SETTINGS[setting], prompts)]
+        reference = _llama_greedy(model, SETTINGS[setting], prompts)
         assert llm.rt.kernels.verification is None   # a CPU context: both paths are candidates
         for toks, ref in zip(prompts, reference):   # the first STEP_TRIALS * 2 steps alternate
-            assert _plain(llm, toks) == ref
+            assert _swift_greedy(llm, toks, mode="off") == ref
         assert llm.last_stats.step_kernels in ("upstream", "verification")
         decodes = llm.rt.decode_calls
         for forced in (True, False):
             llm.rt.kernels.verification = forced
             for toks, ref in zip(prompts, reference):
-                assert _plain(llm, toks) == ref, f"{name} {setting} verification kernels={forced}"
+                assert _swift_greedy(llm, toks, mode="off") == ref, f"{name} {setting} verification kernels={forced}"
         assert llm.rt.decode_calls > decodes + 2 * N_TOKENS   # (plain steps really ran)
     finally:
         llm.close()
