@@ -96,10 +96,12 @@ def run_check(model: str, flash_attn: bool, threads: int | None, threads_batch: 
         echo(f"losslessness check on {path.name} ({len(settings)} settings; yours first):")
     results = []
     for setting in settings:
-        result = check_setting(path, setting, n_gpu_layers=n_gpu_layers)
+        result = check_setting(path, setting, n_gpu_layers=n_gpu_layers, time_steps=True)
         results.append(result.as_dict())
         if echo:
             echo("  " + result.summary())
+            if result.step_summary():
+                echo("          " + result.step_summary())
     if echo:
         failed = [r for r in results if not r["passed"]]
         echo("  => speculative output is identical to plain decoding with these settings" if not failed else

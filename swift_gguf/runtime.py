@@ -51,9 +51,10 @@ class StepKernels:
     Their logits are the same bit for bit: every row of a verification batch equals its one-token
     decode (patch 0003), and a one-token verification is such a row, checked like the others at every
     ISA level and setting (selfcheck.SIZES holds 1; tests/native/arm for ARM64). Which one is faster
-    depends on the weights' types and the CPU: on a Zen 5, Gemma 3 (a Q8_0 output matrix) decodes in
-    0.80x the time through the verification kernels and Qwen2.5-Coder-0.5B in 0.86x, SmolLM2 (Q4_1)
-    and Qwen2.5-Coder-1.5B (Q4_K) in 1.01-1.04x (benchmarks/verify_costs.py). So plain steps take
+    depends on the weights' types, the thread count and the CPU: on a 2-core Zen 5 with 2 threads,
+    Gemma 3 (a Q8_0 output matrix) decodes in 0.80x the time through the verification kernels and
+    Qwen2.5-Coder-0.5B in 0.86x, SmolLM2 (Q4_1) and Qwen2.5-Coder-1.5B (Q4_K) in 1.01-1.04x
+    (benchmarks/verify_costs.py); with 1 thread Gemma 3 takes 1.10x (doctor --check). So plain steps take
     both, alternating, STEP_TRIALS each, then keep the faster: off and auto decode plainly at the
     better speed, with the same output; every STEP_REVISIT plain steps they are timed again. Elsewhere
     (a GPU, RPC workers) one-token decodes are upstream's.

@@ -75,6 +75,7 @@ class CheckResult:
     rows: int = 0                                   # rows compared
     mismatches: list[Mismatch] = field(default_factory=list)
     error: str | None = None                        # the setting could not be checked
+    step_ms: dict[str, float] | None = None         # a plain step's median ms per kernel path (timed checks)
 
     @property
     def passed(self) -> bool:
@@ -90,9 +91,19 @@ class CheckResult:
         return (f"FAIL    {self.setting}: {len(self.mismatches)} of {self.rows} rows differ from one-token "
                 f"decoding (from KV position {first} on, max |logit difference| {worst:.3g})")
 
+    def step_summary(self) -> str:
+        """Which kernels plain steps would take with this setting, and why (empty if not timed)."""
+        if not self.step_ms:
+            return ""
+        up, ver = self.step_ms["upstream"], self.step_ms["verification"]
+        from .runtime import STEP_MARGIN
+        faster = "the verification kernels" if ver < STEP_MARGIN * up else "upstream's"
+        return (f"plain step {up:.2f} ms through upstream's one-token kernels, {ver:.2f} ms through the "
+                f"verification kernels ({ver / up:.2f}x, the same logits): plain decoding would take {faster}")
+
     def as_dict(self) -> dict:
         return {"setting": self.setting, "rows": self.rows, "passed": self.passed, "error": self.error,
-                "mismatches": [asdict(m) for m in self.mismatches]}
+                "mismatches": [asdict(m) for m in self.mismatches], "step_ms": self.step_ms}
 
 
 def context_tokens(llm, n: int) -> list[int]:
@@ -147,8 +158,11 @@ def compare_rows(llm, tokens: Sequence[int], positions: Iterable[int] = POSITION
 
 
 def check_setting(model_path: str | Path, setting: Setting, *, n_ctx: int | None = None,
-                  positions: Iterable[int] = POSITIONS, sizes: Iterable[int] = SIZES, **load) -> CheckResult:
-    """Load the model with `setting` (and `load`: Llama arguments such as n_gpu_layers) and compare."""
+                  positions: Iterable[int] = POSITIONS, sizes: Iterable[int] = SIZES, time_steps: bool = False,
+                  **load) -> CheckResult:
+    """Load the model with `setting` (and `load`: Llama arguments such as n_gpu_layers) and compare;
+    time_steps: also time a plain step through both one-token kernel paths, where the runtime chooses
+    between them (a CPU context: runtime.StepKernels)."""
     from .api import SwiftLlama
     positions, sizes = tuple(positions), tuple(sizes)
     need = max(positions) + max(sizes)
@@ -160,10 +174,26 @@ def check_setting(model_path: str | Path, setting: Setting, *, n_ctx: int | None
         result.error = str(e)
         return result
     try:
-        result.rows, result.mismatches = compare_rows(llm, context_tokens(llm, need), positions, sizes)
+        tokens = context_tokens(llm, need)
+        result.rows, result.mismatches = compare_rows(llm, tokens, positions, sizes)
+        if time_steps and llm.rt.kernels.choose:
+            result.step_ms = time_step_paths(llm, tokens)
     finally:
         llm.close()
     return result
+
+
+def time_step_paths(llm, tokens: Sequence[int], n_past: int = 100, rounds: int = 6) -> dict[str, float]:
+    """Median ms of a plain step at n_past through each one-token kernel path (timing.step_paths)."""
+    from .timing import step_paths
+    rt = llm.rt
+    rt.clear()
+    rt.decode(list(tokens[:n_past]), 0)
+    try:
+        samples = step_paths(rt, tokens[n_past:], n_past, rounds)
+    finally:
+        rt.clear()
+    return {path: round(1e3 * float(np.median(xs)), 4) for path, xs in samples.items()}
 
 
 def user_settings(flash_attn: bool, threads: int | None, threads_batch: int | None) -> list[Setting]:

@@ -6,6 +6,7 @@
   time_batch    one batch of n tokens at a context (a verification batch: logits for every row,
                 or a plain step), its decode seconds; the positions are removed again
   plain_run     the mean of k consecutive one-token decodes (a plain step as plain decoding takes it)
+  step_paths    samples of a plain step through each one-token kernel path (runtime.StepKernels)
   choose_step_kernels  the runtime's choice of kernels for one-token decodes, made now (plain steps
                 on the scratch sequence), so that a calibration times the steps plain decoding takes
   batch_seconds samples of verification batches of several sizes at a context (v(n))
@@ -83,6 +84,24 @@ def plain_run(rt: Runtime, tokens: Sequence[int], n_past: int, k: int, *, seq: i
     secs = sum(rt.step(tokens[i], n_past + i, seq=seq) for i in range(k)) / k
     rt.remove(seq, n_past, -1)
     return secs
+
+
+def step_paths(rt: Runtime, tokens: Sequence[int], n_past: int, rounds: int, k: int = 4) -> dict[str, list[float]]:
+    """Samples of a plain step (`plain_run` of k tokens at n_past) through upstream's one-token kernels
+    and through the verification kernels, interleaved over `rounds` (what runtime.StepKernels chooses
+    between); the runtime's own choice is left as it was."""
+    kernels = rt.kernels
+    saved = kernels.verification
+
+    def through(verification: bool) -> Callable[[], float]:
+        def call() -> float:
+            kernels.verification = verification
+            return plain_run(rt, tokens, n_past, k)
+        return call
+    try:
+        return interleaved({"upstream": through(False), "verification": through(True)}, rounds, alternate=True)
+    finally:
+        kernels.verification = saved
 
 
 def choose_step_kernels(rt: Runtime, token: int, n_past: int, *, limit: int = 32) -> None:

@@ -151,6 +151,9 @@ def test_doctor_check_names_each_setting(model_path):
     assert any("flash attention on, threads 1/1" in line for line in lines)
     assert all(line.startswith("pass") for line in lines), lines
     assert "identical to plain decoding with these settings" in out
+    # and what a plain step costs through each one-token kernel path, per setting
+    steps = [line for line in out.splitlines() if "plain step" in line]
+    assert len(steps) == len(lines) and all("verification kernels" in line for line in steps), steps
 
 
 def test_models_text_and_json(model_path):

@@ -49,4 +49,6 @@ def test_doctor_check_passes_at_every_level(variant_lib, model):
     assert str(lib) in report["library"]
     failed = [r for r in report["check"] if not r["passed"]]
     assert len(report["check"]) >= 2 and not failed, failed
+    # a plain step timed through both one-token kernel paths of this level (runtime.StepKernels chooses)
+    assert all(r["step_ms"]["upstream"] > 0 and r["step_ms"]["verification"] > 0 for r in report["check"])
     assert res.returncode == 0, res.stderr[-2000:]
