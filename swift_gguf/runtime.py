@@ -158,9 +158,13 @@ class Runtime:
         if len(tokens) > self.max_verify:
             raise ValueError(f"a verification batch holds at most {self.max_verify} tokens here "
                              f"(limits.MAX_VERIFY, and n_batch {self.n_batch}), got {len(tokens)}")
+        return self._decode_invariant(tokens, pos0, seq, all_logits=True)
+
+    def _decode_invariant(self, tokens: Sequence[int], pos0: int, seq: int, all_logits: bool) -> float:
+        """`decode` with batch invariance on for this call only (the verification kernels)."""
         native.set_batch_invariance(self.ctx)
         try:
-            return self.decode(tokens, pos0, seq=seq, all_logits=True)
+            return self.decode(tokens, pos0, seq=seq, all_logits=all_logits)
         finally:
             native.set_batch_invariance(self.ctx, 0)
 
@@ -170,14 +174,8 @@ class Runtime:
         the choice is timed on (a drafting step under a skip mask takes the chosen path, or
         upstream's while both are still being timed)."""
         verification = self.kernels.next() if plain else bool(self.kernels.verification)
-        if not verification:
-            secs = self.decode([token], pos, seq=seq)
-        else:
-            native.set_batch_invariance(self.ctx)
-            try:
-                secs = self.decode([token], pos, seq=seq)
-            finally:
-                native.set_batch_invariance(self.ctx, 0)
+        secs = (self._decode_invariant([token], pos, seq, all_logits=False) if verification
+                else self.decode([token], pos, seq=seq))
         if plain:
             self.kernels.observe(verification, secs)
         return secs
