@@ -198,19 +198,22 @@ class SwiftLlama(llama_cpp.Llama):
             with llm.speculation("off"):
                 plain = llm.create_completion(prompt, max_tokens=64, temperature=0)
         """
-        config = self._require_engine().config
+        engine = self._require_engine()
+        config = engine.config
         changes = dict(settings, **({"mode": mode} if mode is not None else {}))
         saved = {name: getattr(config, name) for name in changes}
         for name, value in changes.items():
             if not hasattr(config, name):
                 raise TypeError(f"unknown speculation setting {name!r}")
             setattr(config, name, value)
+        engine.controller.refresh()   # (its kept verdicts rest on the settings)
         try:
             config.__post_init__()   # validate the new values
             yield self
         finally:
             for name, value in saved.items():
                 setattr(config, name, value)
+            engine.controller.refresh()
 
     @contextlib.contextmanager
     def logits_for_every_token(self) -> Iterator["SwiftLlama"]:

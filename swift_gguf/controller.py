@@ -20,6 +20,7 @@ The decision is a deterministic function of these numbers (`choose`).
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -42,10 +43,13 @@ BACKOFF_DECAY = 0.95
 BACKOFF_LOSS = 0.9        # measured tokens per plain-step cost below which a drafter sits out
                           # (near 1 the measurement's noise, not a loss: the acceptance model adapts)
 # A stationary drafter's offer (layer skipping: the same wherever the stream is) is asked again after
-# this many generated tokens, or at once after anything it rests on changed (Controller.refresh): while
-# nothing pays, asking it, its v table and its choice every token cost ~3 us of a ~300 us step on a
-# fast backend (benchmarks/host_work.py); a table or cost that moved meanwhile is noticed 16 tokens late
-HOLD_TOKENS = 16
+# this many generated tokens, or at once after anything it rests on changed (Controller.refresh: a cycle,
+# a search probe, a request, other settings), and a plain verdict is kept as long (`Quiet`). While nothing
+# pays, asking every drafter, building the v table and choosing again cost ~6 us a token of a ~270 us
+# step on a fast backend (benchmarks/host_work.py: Python's objects are cold in the cache after each
+# decode), re-deciding every 16 tokens still ~2 us; what is noticed late is only the drift of the plain
+# step with the context (a few percent over 64 tokens)
+HOLD_TOKENS = 64
 
 
 def resolve_spec_type(spec_type: str | None, mode: str) -> str:
@@ -112,6 +116,10 @@ class Backoff:
     def allows(self, drafter: str, generated: int) -> bool:
         return generated >= self._until.get(drafter, 0)
 
+    def returns(self, generated: int) -> list[int]:
+        """The generated-token counts at which the drafters sitting out now may draft again."""
+        return [u for u in self._until.values() if u > generated]
+
     def measured(self, drafter: str) -> float | None:
         """Tokens per plain-step cost of the drafter's recent cycles (None: too little evidence)."""
         r = self._recent.get(drafter)
@@ -173,6 +181,20 @@ class LossBudget:
         """Whether speculation may go on, or spend `cost` more plain steps on a probe."""
         return self.allowance() >= cost
 
+    def tokens_to_reach(self, level: float) -> int:
+        """The request's token count at which allowance() first reaches `level`, the balance unchanged
+        (the same float arithmetic as allowance(): exact, not an estimate)."""
+        if level == float("inf"):
+            return 1 << 62
+        def at(t):
+            return LOSS_STEPS + LOSS_SHARE * t + self.balance
+        t = max(self.tokens, math.ceil((level - LOSS_STEPS - self.balance) / LOSS_SHARE))
+        while t > self.tokens and at(t - 1) >= level:
+            t -= 1
+        while at(t) < level:
+            t += 1
+        return t
+
     def cycle(self, emitted: int, cost: float) -> None:
         self.balance += emitted - cost
 
@@ -191,8 +213,23 @@ class Plan:
 # plans that are the same every time (shared: plans are read, never changed)
 OFF_PLAN = Plan(None, reason="speculation off")
 NO_DECISION = Plan(None)
-NOT_QUIET = (None, 0, 0, None, None, None)
 NO_LOSS_CAP = (None, 0.0, -1.0, 0)   # (an empty range: computed at the first plan)
+
+
+class Quiet(NamedTuple):
+    """A plain verdict kept while what it was decided on stays (Controller.plan's first lines): the
+    drafters that depend on the stream (prompt lookup) still offer nothing, the held offers of the
+    stationary ones are still held, no drafter sitting out came back, the draft cap is not lower than
+    the verdict depended on, and the loss budget still caps drafts the same. Settings, observed cycles
+    and search probes end it through Controller.refresh. (A tuple: checked every token.)"""
+    plan: Plan
+    ask: tuple          # (name, offer method) of the drafters asked every token
+    until: int          # generated-token count where it lapses: a held offer's end, a backoff's end
+    d_min: int          # the d_cap range it holds for (d_cap only shrinks within a request)
+    d_max: int
+    balance: float      # the loss budget's balance it was decided on ...
+    tokens_lo: int      # ... and the range of its token count over which the allowance caps drafts the same
+    tokens_hi: int
 
 
 class Controller:
@@ -216,7 +253,7 @@ class Controller:
         self._last_plain: Plan | None = None
         self._last_idle: Plan | None = None
         self._held: dict[str, tuple] = {}       # stationary drafter -> (its offer, held until: generated count)
-        self._quiet = NOT_QUIET                 # (held offer, until, length limit, margin, mode, its plain plan)
+        self._quiet: Quiet | None = None        # a plain verdict kept while nothing it rests on changed
         self._names_for: tuple = (None, [])     # (spec_type, mode) -> the drafters they use
         self._loss_cap = NO_LOSS_CAP            # (v table, allowance from, allowance to, draft cap)
 
@@ -237,6 +274,25 @@ class Controller:
             return OFF_PLAN
         if d_cap < 1:   # a last token, or the end of the context: plainly, no decision
             return NO_DECISION
+        q = self._quiet
+        if q is not None:
+            b = self.budget
+            if (self.generated < q.until and q.d_min <= d_cap <= q.d_max and b.balance == q.balance
+                    and q.tokens_lo <= b.tokens < q.tokens_hi):
+                for i, (name, offer) in enumerate(q.ask):
+                    o = offer(stream, stream.n_past)
+                    if o is not None:   # decide with it (the drafters before it offered nothing)
+                        self._quiet = None
+                        asked = dict.fromkeys(n for n, _ in q.ask[:i])
+                        asked[name] = o
+                        return self._decide(stream, d_cap, asked)
+                return q.plan
+            self._quiet = None
+        return self._decide(stream, d_cap, None)
+
+    def _decide(self, stream: TokenStream, d_cap: int, asked: dict | None) -> Plan:
+        """The plan from every drafter's offer (`asked`: offers already asked for this token)."""
+        cfg = self.config
         cap = min(d_cap, MAX_VERIFY - 1, cfg.draft_max or MAX_VERIFY)
         loss = None
         if cfg.mode == "auto":
@@ -245,39 +301,71 @@ class Controller:
             if not lc[1] <= loss < lc[2]:
                 lc = self._draft_cap(loss, self._v(stream.n_past))
             if lc[3] < 1:
-                return self._over_budget()
+                return self._keep(self._over_budget(), d_cap, 1, self._loss_cap[2], asks=False)
             cap = min(cap, lc[3])
         offers = []
         auto, generated = cfg.mode == "auto", self.generated
         for name in self._names():
             if name in self.unavailable or (auto and not self.backoff.allows(name, generated)):
                 continue
-            o = self._ask(name, stream)
+            o = asked[name] if asked is not None and name in asked else self._ask(name, stream)
             if o is not None:
                 offers.append(o)
         if not offers:
-            return self._idle()
-        swift = cfg.mode == "swift"
-        limit = min(cap, offers[0].limit)
-        quiet = self._quiet
-        if (len(offers) == 1 and quiet[0] is offers[0] and self.generated < quiet[1]
-                and quiet[3] == cfg.margin and quiet[4] == cfg.mode
-                and (limit == quiet[2] or (limit < quiet[2] and quiet[5].speedup < EXPLORE_MIN))):
-            # a held offer's plain verdict (see _ask), for the same settings; one for a longer limit holds
-            # for a shorter one (the best over fewer lengths is no better) unless it might explore
-            # (the last tokens of an answer lower the limit every token); its speedup is then a bound
-            return quiet[5]
+            return self._keep(self._idle(), d_cap, 1, float("inf"))
         v = self._v(stream.n_past)
         if loss is not None and v is not self._loss_cap[0]:   # another table: its cap
             cap = min(cap, self._draft_cap(loss, v)[3])
-        c = choose(offers, v, cap, cfg.margin, fixed=cfg.draft_max if swift else None,
+        c = choose(offers, v, cap, cfg.margin, fixed=cfg.draft_max if cfg.mode == "swift" else None,
                    lengths=self._lengths, loss=loss)
-        if c.offer is not None and (swift or c.pays or self._explore(c, stream.n_past)):
+        if c.offer is not None and (cfg.mode == "swift" or c.pays or self._explore(c, stream.n_past)):
             return Plan(c.offer, c.d, c.speedup)
         plain = self._plain(c.speedup)
-        if len(offers) == 1 and offers[0].drafter.stationary:
-            self._quiet = (offers[0], self.generated + HOLD_TOKENS, limit, cfg.margin, cfg.mode, plain)
+        if all(o.drafter.stationary for o in offers):
+            # the allowance at which a longer draft becomes affordable, where one might pay or explore
+            # (over every length the settings allow: the same limit every time, so `_lengths` remembers it)
+            level = float("inf")
+            if loss is not None and choose(offers, v, min(MAX_VERIFY - 1, cfg.draft_max or MAX_VERIFY),
+                                           cfg.margin, lengths=self._lengths).speedup >= EXPLORE_MIN:
+                level = self._next_affordable(offers, v, cap, loss)
+            # a shorter cap cannot make it pay (the best over fewer lengths is no better) unless it
+            # might explore (the last tokens of an answer lower d_cap every token)
+            d_min = 1 if c.speedup < EXPLORE_MIN else max(min(o.limit, cap) for o in offers)
+            return self._keep(plain, d_cap, d_min, level)
         return plain
+
+    def _next_affordable(self, offers: Sequence[Offer], v: Sequence[float], cap: int, loss: float) -> float:
+        """The lowest allowance above `loss` at which the loss budget lets some offer draft longer than now
+        (`choose`'s loss rule per offer, `_draft_cap`'s over the table)."""
+        level = self._loss_cap[2]
+        for o in offers:
+            limit = min(o.limit, cap)
+            d = 1
+            while d <= limit and o.c_fixed + d * o.c_token + v[d + 1] - 1.0 <= loss:
+                d += 1
+            if d <= limit:
+                level = min(level, o.c_fixed + d * o.c_token + v[d + 1] - 1.0)
+        return level
+
+    def _keep(self, plan: Plan, d_cap: int, d_min: int, level: float, *, asks: bool = True) -> Plan:
+        """Keep a plain verdict for the next tokens (`Quiet`) and return it; it lapses where the loss
+        budget's allowance reaches `level` (auto: where a draft the verdict ruled out becomes affordable).
+        asks: the drafters that depend on the stream are asked every token meanwhile (not over budget)."""
+        generated = self.generated
+        until = generated + HOLD_TOKENS
+        for _, held_until in self._held.values():
+            until = min(until, held_until)
+        for back in self.backoff.returns(generated):
+            until = min(until, back)
+        ask = ()
+        if asks:
+            auto = self.config.mode == "auto"
+            ask = tuple((n, d.offer) for n in self._names() if not (d := self.drafters[n]).stationary
+                        and n not in self.unavailable and (not auto or self.backoff.allows(n, generated)))
+        b = self.budget
+        hi = b.tokens_to_reach(level) if self.config.mode == "auto" else 1 << 62
+        self._quiet = Quiet(plan, ask, until, d_min, d_cap, b.balance, b.tokens, hi)
+        return plan
 
     def _ask(self, name: str, stream: TokenStream) -> Offer | None:
         """A drafter's offer. A stationary drafter's (one that does not depend on the stream: layer
@@ -296,7 +384,7 @@ class Controller:
         """Ask every drafter again at the next plan: something a held offer rests on may have changed
         (a cycle was observed, the search probed a skip set, a new request with other settings)."""
         self._held.clear()
-        self._quiet = NOT_QUIET
+        self._quiet = None
 
     def _v(self, n_ctx: int) -> list[float]:
         """The v table as a list, converted once per table: best_length's arithmetic on Python floats

@@ -181,6 +181,23 @@ class NgramIndex:
             self._source = tokens
         self._extend(tokens)
 
+    def sync_match(self, tokens: list[int]) -> tuple[int, int, bool] | None:
+        """sync(tokens), then match(). The step that appends one token (every plain step) is done here,
+        and ends here where that token occurs nowhere earlier: text that does not repeat."""
+        toks = self.tokens
+        n = len(toks)
+        if not (tokens is self._source and len(tokens) == n + 1 and n and tokens[n - 1] == toks[-1]):
+            self.sync(tokens)
+            return self.match()
+        t = tokens[n]
+        toks.append(t)
+        e = self.ends.get(t)
+        if e is None:
+            self.ends[t] = [n]
+            return None
+        e.append(n)
+        return self.match()
+
     def _extend(self, tokens: list[int]) -> None:
         """Index tokens[len(self.tokens):] as unigrams (the rest equals self.tokens)."""
         toks, ends = self.tokens, self.ends
@@ -295,8 +312,7 @@ class LookupDrafter:
         tokens = stream.tokens
         if self._shadow is not None:   # (an earlier offer waits for its verdict: rarely, per token)
             self._resolve_shadow(tokens)
-        self.index.sync(tokens)
-        found = self.index.match()
+        found = self.index.sync_match(tokens)
         if found is None:
             return None
         # (the draft's cost: what drafting adds; keeping the index and matching come every token anyway)

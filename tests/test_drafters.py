@@ -366,6 +366,7 @@ def test_auto_stops_speculating_in_an_answer_once_it_lost_its_allowance():
     ctl.budget.charge(2.0)                                    # a layer-search probe of 2 plain steps
     assert not ctl.budget.allows() and ctl.plan(stream, 32).offer is None
     ctl.config.mode, ctl.config.spec_type = "swift", "ngram"
+    ctl.refresh()                                             # (as SwiftLlama.speculation and each request do)
     assert ctl.plan(stream, 32).offer is not None
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from swift_gguf import costmodel as cm
-from swift_gguf.controller import HOLD_TOKENS, Controller, choose
+from swift_gguf.controller import EXPLORE_MIN, HOLD_TOKENS, Controller, choose
 from swift_gguf.costmodel import MIN_LIVE, V_DRIFT, V_MAX, V_REFRESH, V_VERIFY_WEIGHT, Costs, bucket
 from swift_gguf.drafters import CANDIDATES, MATCH_CAP, NGRAM_MAX, NgramIndex, Offer
 from swift_gguf.engine import SpecConfig, Stream
@@ -192,6 +192,101 @@ def test_a_stationary_offer_is_held_and_asked_again_after_hold_tokens_or_a_refre
     c = choose([look.next, poor], costs.v_table(stream.n_past), 40, 0.02)
     plan = ctl.plan(stream, 40)
     assert (plan.offer, plan.d) == (c.offer, c.d) and plan.offer is look.next
+    # a plain verdict kept after a lookup that did not pay (no cycle, no refresh) lapses where the
+    # stationary offer's hold ends, not HOLD_TOKENS after it was kept
+    ctl.refresh()
+    start, look.next, asked = ctl.generated, None, skip.asked
+    assert ctl.plan(stream, 40).offer is None and skip.asked == asked + 1   # held from here
+    ctl.generated += 10
+    look.next = Offer(look, 3, [0.05] * 8)
+    assert ctl.plan(stream, 40).offer is None
+    look.next = None
+    ctl.generated += 1
+    assert ctl.plan(stream, 40).offer is None   # kept, with the offer held since `start`
+    skip.next = good
+    while ctl.plan(stream, 40).offer is None:
+        ctl.generated += 1
+    assert ctl.generated == start + HOLD_TOKENS and skip.asked == asked + 2
+
+
+def test_a_kept_plain_verdict_is_the_decision_made_afresh():
+    """Controller.plan keeps a plain verdict (`Quiet`) while what it rests on stays: every plan equals
+    the one a controller with the same held offers decides afresh, over answers whose draft cap
+    shrinks every token, loss budgets that grow and are spent (cycles, search probes), a stationary
+    drafter sitting out and coming back, its offer moving (seen when its hold ends), and lookups that
+    offer now and then; the stream-dependent drafter is asked every token, the stationary one once per
+    HOLD_TOKENS between refreshes."""
+    rng = random.Random(3)
+    costs = Costs(t_plain=0.01, v={2: 1.2, 3: 1.4, 5: 1.9, 9: 2.9, 17: 5.1}, n_ctx=100)
+    for n in (2, 3, 5):   # timed sizes (no exploring there), the rest untimed
+        for _ in range(MIN_LIVE):
+            costs.observe_verify(100, n, 0.01 * costs.v[n])
+    look, skip = Drafter("ngram"), Drafter("layer-skip", stationary=True)
+    kept = Controller(SpecConfig(mode="auto"), costs, {"ngram": look, "layer-skip": skip})
+    fresh = Controller(SpecConfig(mode="auto"), costs, {"ngram": look, "layer-skip": skip})
+    skips = [None, Offer(skip, 16, [0.3] * 16, c_token=0.5), Offer(skip, 16, [0.7] * 16, c_token=0.3),
+             Offer(skip, 16, [0.97] * 16, c_token=0.05), Offer(skip, 40, [0.85] * 40, c_token=0.12),
+             Offer(skip, 4, [0.9] * 4, c_fixed=2.3, c_token=0.05)]   # best at 4 (timed), at 3 explores
+    liar = Offer(skip, 16, [0.9] * 16, c_token=0.05)   # its drafts are rejected: it loses and sits out
+    skips += [liar]
+    looks = [Offer(look, rng.randrange(1, 12), [rng.uniform(0.2, 0.95)] * 12) for _ in range(4)]
+    looks.append(Offer(look, 3, [0.05] * 12))   # a lookup that does not pay (no cycle, no refresh)
+    stream = Stream(list(range(101)), 100)
+    kept_plans = explored_after_kept = sat_out = 0
+    for answer in range(400):
+        for ctl in (kept, fresh):
+            ctl.budget.start()
+            ctl.refresh()
+        skip.next = rng.choice(skips)
+        left = rng.choice([8, 40, 200])
+        since_refresh, skip_asked = 0, skip.asked
+        while left > 0:
+            look.next = rng.choice(looks) if rng.random() < 0.1 else None
+            if rng.random() < 0.03:   # a stationary offer that moved (costs drift): seen when its hold ends
+                skip.next = rng.choice(skips)
+            fresh._quiet = None   # (decides afresh; its held offers are the same as kept's)
+            before, looked = kept._quiet, look.asked
+            plan = kept.plan(stream, left - 1)
+            # the lookup: asked once by every plan that may draft (not at the last token, not over budget)
+            assert look.asked - looked == (0 if left == 1 or "allowance" in plan.reason else 1)
+            want = fresh.plan(stream, left - 1)
+            assert (plan.offer, plan.d) == (want.offer, want.d)
+            assert ("allowance" in plan.reason) == ("allowance" in want.reason)
+            if plan.offer is None and left > 1:
+                assert plan.reason
+            kept_plans += before is not None and kept._quiet is before
+            # (what the cases below need to have happened)
+            explored_after_kept += (before is not None and before.plan.speedup >= EXPLORE_MIN
+                                    and plan.offer is not None and plan.speedup < 1.0)
+            sat_out += not kept.backoff.allows("layer-skip", kept.generated)
+            step, refreshed = 1, True
+            if plan.offer is not None:   # a cycle, its drafts accepted as the offer predicts: both observe it
+                o, accepted = plan.offer, 0
+                while accepted < plan.d and rng.random() < (0.1 if o is liar else o.accept[accepted]):
+                    accepted += 1
+                cost = (o.c_fixed + plan.d * o.c_token + costs.v_table(100)[plan.d + 1]) * rng.uniform(0.9, 1.3)
+                for ctl in (kept, fresh):
+                    ctl.observe(o.drafter.name, plan.d, accepted + 1, cost * costs.t_plain, stream.n_past)
+                step = min(accepted + 1, left)
+            elif rng.random() < 0.02:   # a layer-search probe: both pay for it, both refresh
+                for ctl in (kept, fresh):
+                    ctl.budget.charge(2.0)
+                    ctl.refresh()
+            else:
+                refreshed = False
+            if refreshed:
+                since_refresh, skip_asked = 0, skip.asked
+                if rng.random() < 0.3:
+                    skip.next = rng.choice(skips)
+            left -= step
+            since_refresh += step
+            for ctl in (kept, fresh):
+                ctl.generated += step
+                ctl.budget.tokens += step
+            # the stationary drafter: asked again only once a hold ended (twice: kept and fresh)
+            assert skip.asked - skip_asked <= 2 * (since_refresh // HOLD_TOKENS + 1)
+    assert kept_plans > 1000   # the kept verdicts were used (and checked)
+    assert explored_after_kept > 0 and sat_out > 0
 
 
 def brute_match(toks: list[int]):
@@ -224,8 +319,11 @@ def test_index_match_equals_a_brute_force_search():
                 tokens = tokens[:keep] + [rng.randrange(vocab) for _ in range(rng.randrange(1, 30))]
             else:
                 tokens.append(rng.randrange(vocab))
-            idx.sync(tokens)
-            assert idx.match() == brute_match(tokens)
+            if rng.random() < 0.5:
+                idx.sync(tokens)
+                assert idx.match() == brute_match(tokens)
+            else:   # (the one-call form LookupDrafter.offer uses)
+                assert idx.sync_match(tokens) == brute_match(tokens)
 
 
 def test_set_calibration_clamps_disturbed_timings():
