@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 FRONT_LOAD = 2.5      # search share per unit of estimated gain while exploring (capped by search_budget_max)
 MIN_EVIDENCE = 8      # sub-layers with importance evidence before the gain is estimated from them
 FREE_MATCHNESS = 0.98  # acceptance assumed for a set of free sub-layers
+# A search step's cost over its window decodes' (v(W + 1) each) before any step was timed: the
+# log-softmax and KL over vocabulary-wide rows and a graph built for each new skip mask come on top
+# (SmolLM2's first importance probe: 7.3 plain steps where its decodes were 3.2; charged at the
+# decodes' estimate, it was granted on a 3.2-step allowance and cost a 96-token answer 7%). Once a
+# step was timed, the last measured ratio replaces it for kinds not timed yet.
+PROBE_PRIOR = 2.5
 
 
 class SearchPacer:
@@ -33,6 +39,7 @@ class SearchPacer:
         self.gen_time = 0.0          # seconds spent generating where the search may run
         self._share = (0.0, -1)      # cached share and the probe count it was computed at
         self._seen: dict[tuple[int, int], float] = {}   # (window, window decodes) -> last step's plain steps
+        self._ratio = PROBE_PRIOR    # the last step's cost over its decodes' estimate (kinds not timed yet)
 
     def share(self) -> float:
         """Share of generation time the search may use: more while the potential gain is large.
@@ -83,15 +90,23 @@ class SearchPacer:
         t1 = self.costs.plain_seconds(stream.n_past)
         if t1 > 0:
             self._seen[kind] = secs / t1
+            self._ratio = max(1.0, secs / t1 / self._decodes(kind, stream.n_past))
             if budget is not None:
                 budget.charge(secs / t1)
         return secs
 
     def _cost(self, kind: tuple[int, int], n_past: int) -> float:
-        """Plain steps the next search step will cost: its window decodes at v(W + 1) each, or what the
-        last step of its kind cost where that was more. (A 4-token importance probe of SmolLM2 costs
-        ~7 plain steps, not 2 v(5) ~ 4: the log-softmax and KL over 49,152-wide rows, a graph built for
-        its new skip mask; estimated at 4, one sank a 42-token answer to 0.83x.)"""
+        """Plain steps the next search step will cost: what the last step of its kind cost where that
+        was more than its window decodes at v(W + 1) each; for a kind not timed yet, those decodes times
+        the last step's ratio to its decodes (PROBE_PRIOR before any). (A 4-token importance probe of
+        SmolLM2 costs ~7 plain steps, not 2 v(5) ~ 4: the log-softmax and KL over 49,152-wide rows, a
+        graph built for its new skip mask; estimated at 4, one sank a 42-token answer to 0.83x.)"""
+        decodes = self._decodes(kind, n_past)
+        seen = self._seen.get(kind)
+        return max(decodes, seen) if seen is not None else decodes * self._ratio
+
+    def _decodes(self, kind: tuple[int, int], n_past: int) -> float:
+        """A search step's window decodes, in plain steps: v(W + 1) each."""
         window, decodes = kind
         v = self.costs.v_table(n_past)
-        return max(decodes * float(v[min(window + 1, len(v) - 1)]), self._seen.get(kind, 0.0))
+        return decodes * float(v[min(window + 1, len(v) - 1)])

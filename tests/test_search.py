@@ -349,14 +349,15 @@ def test_a_reference_is_taken_with_the_probe_that_reads_it():
 
 def test_the_pacer_asks_the_budget_for_what_a_step_of_its_kind_last_cost():
     """A search step is granted only where the request's loss budget can carry it: at first as its
-    window decodes at v(W + 1) each, then at least what the last step of its kind cost (a 4-token
-    importance probe of SmolLM2 took ~7 plain steps where 2 v(5) ~ 4 were asked, and sank a short
-    answer to 0.83x)."""
+    window decodes at v(W + 1) each times PROBE_PRIOR (the KL over vocabulary rows and a new graph come
+    on top), then at least what the last step of its kind cost (a 4-token importance probe of SmolLM2
+    took ~7 plain steps where 2 v(5) ~ 4 were asked, and sank a short answer to 0.83x); a kind not
+    timed yet is priced at the last step's ratio to its decodes."""
     import time as _time
 
     from swift_gguf.controller import LossBudget
     from swift_gguf.engine import SpecConfig, Stream
-    from swift_gguf.pacing import SearchPacer
+    from swift_gguf.pacing import PROBE_PRIOR, SearchPacer
 
     class SlowRuntime(ProbeRuntime):
         def decode(self, tokens, pos0, *, seq=0, all_logits=False):
@@ -377,10 +378,19 @@ def test_the_pacer_asks_the_budget_for_what_a_step_of_its_kind_last_cost():
 
     first = Stream(list(range(100, 160)), 50)
     assert search.step_windows(first.tokens, 50) == 2 and 2 * costs.verify(W + 1) < 5.5
-    b = budget(5.5)
+    decodes = 2 * float(costs.v_table(50)[W + 1])
+    assert pacer.step(rt, first, budget(decodes * PROBE_PRIOR - 0.1)) == 0.0   # (no step timed yet)
+    b = budget(5.5 + decodes * PROBE_PRIOR)
     secs = pacer.step(rt, first, b)
-    assert secs >= 0.08 and b.balance == pytest.approx(4.5 - secs / 0.01)   # charged what it cost
+    assert secs >= 0.08 and b.balance == pytest.approx(4.5 + decodes * PROBE_PRIOR - secs / 0.01)   # charged what it cost
     other = Stream(list(range(200, 260)), 50)   # the next request: a reference again, the same kind of step
     assert search.step_windows(other.tokens, 50) == 2
     assert pacer.step(rt, other, budget(5.5)) == 0.0                     # 5.5 < what it cost last time
     assert pacer.step(rt, other, budget(secs / 0.01 + 0.5)) > 0.0
+    # a kind not timed yet (one window decode: the reference still holds): its decodes at the last ratio
+    other.tokens.append(7)
+    assert search.step_windows(other.tokens, 51) == 1
+    ratio = (secs / 0.01) / decodes
+    one = float(costs.v_table(51)[W + 1]) * ratio
+    assert ratio > 1.5 and one < 0.6 * decodes * PROBE_PRIOR
+    assert pacer.step(rt, other, budget(one - 0.3)) == 0.0 and pacer._cost((W, 1), 51) == pytest.approx(one, rel=0.3)
