@@ -40,6 +40,9 @@ class SearchPacer:
         self._share = (0.0, -1)      # cached share and the probe count it was computed at
         self._seen: dict[tuple[int, int], float] = {}   # (window, window decodes) -> last step's plain steps
         self._ratio = PROBE_PRIOR    # the last step's cost over its decodes' estimate (kinds not timed yet)
+        # the last step the loss budget could not carry: (budget, its balance, token count from, to) over
+        # which it still cannot (asked every token: on real text ~15 us a token while the search is open)
+        self._denied: tuple = (None, 0.0, 0, -1)
 
     def share(self) -> float:
         """Share of generation time the search may use: more while the potential gain is large.
@@ -81,9 +84,17 @@ class SearchPacer:
             self._share = (self.share(), st.probes)
         if st.seconds > self._share[0] * self.gen_time:
             return 0.0
+        if budget is not None:
+            denied = self._denied
+            if denied[0] is budget and denied[1] == budget.balance and denied[2] <= budget.tokens < denied[3]:
+                return 0.0
         kind = (self.search.next_window(), self.search.step_windows(stream.tokens, stream.n_past))
-        if budget is not None and not budget.allows(self._cost(kind, stream.n_past)):
-            return 0.0
+        if budget is not None:
+            cost = self._cost(kind, stream.n_past)
+            if not budget.allows(cost):
+                # until the allowance reaches it (the balance moves only with cycles and probes)
+                self._denied = (budget, budget.balance, budget.tokens, budget.tokens_to_reach(cost))
+                return 0.0
         before = st.seconds
         self.search.step(rt, stream.tokens, stream.n_past)
         secs = st.seconds - before

@@ -394,3 +394,20 @@ def test_the_pacer_asks_the_budget_for_what_a_step_of_its_kind_last_cost():
     one = float(costs.v_table(51)[W + 1]) * ratio
     assert ratio > 1.5 and one < 0.6 * decodes * PROBE_PRIOR
     assert pacer.step(rt, other, budget(one - 0.3)) == 0.0 and pacer._cost((W, 1), 51) == pytest.approx(one, rel=0.3)
+    # a denied step is not priced again while the budget cannot have changed its answer: it is granted
+    # the first token the allowance reaches its cost (LOSS_SHARE more per token), or after a cycle
+    cost = pacer._cost((W, 1), 51)
+    b = budget(cost - 0.1)
+    assert pacer.step(rt, other, b) == 0.0
+    calls = []
+    search.step_windows = lambda *a: calls.append(a) or 1
+    for _ in range(3):
+        b.tokens += 1
+        assert pacer.step(rt, other, b) == 0.0 and not calls   # (0.03 x 3 < 0.1)
+    b.tokens += 1
+    assert b.allows(cost) and pacer.step(rt, other, b) > 0.0 and calls
+    cost = pacer._cost((W, 1), 51)
+    b = budget(cost - 0.5)
+    assert pacer.step(rt, other, b) == 0.0
+    b.cycle(2, 1.0)   # a cycle that gained a plain step
+    assert pacer.step(rt, other, b) > 0.0
