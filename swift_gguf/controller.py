@@ -70,6 +70,12 @@ class Choice(NamedTuple):   # (a tuple: made every token, where a frozen datacla
     pays: bool = False    # speedup > 1 + margin
 
 
+def rejection_loss(o: Offer, d: int, v: Sequence[float]) -> float:
+    """Plain steps a cycle drafting d tokens of offer o loses where all are rejected (it still emits one
+    token, worth a plain step): what the loss budget must be able to pay for."""
+    return o.c_fixed + d * o.c_token + v[d + 1] - 1.0
+
+
 def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: float, *,
            fixed: int | None = None, lengths: Callable = best_length, loss: float | None = None) -> Choice:
     """The offer and draft length with the highest predicted speedup, and whether it pays.
@@ -84,7 +90,7 @@ def choose(offers: Sequence[Offer], v: Sequence[float], d_cap: int, margin: floa
     for o in offers:
         limit = min(o.limit, d_cap)
         if loss is not None:
-            while limit >= 1 and o.c_fixed + limit * o.c_token + v[limit + 1] - 1.0 > loss:
+            while limit >= 1 and rejection_loss(o, limit, v) > loss:
                 limit -= 1
         if limit < 1:
             continue
@@ -341,10 +347,10 @@ class Controller:
         for o in offers:
             limit = min(o.limit, cap)
             d = 1
-            while d <= limit and o.c_fixed + d * o.c_token + v[d + 1] - 1.0 <= loss:
+            while d <= limit and rejection_loss(o, d, v) <= loss:
                 d += 1
             if d <= limit:
-                level = min(level, o.c_fixed + d * o.c_token + v[d + 1] - 1.0)
+                level = min(level, rejection_loss(o, d, v))
         return level
 
     def _keep(self, plan: Plan, d_cap: int, d_min: int, level: float, *, asks: bool = True) -> Plan:
@@ -363,8 +369,7 @@ class Controller:
             ask = tuple((n, d.offer) for n in self._names() if not (d := self.drafters[n]).stationary
                         and n not in self.unavailable and (not auto or self.backoff.allows(n, generated)))
         b = self.budget
-        hi = b.tokens_to_reach(level) if self.config.mode == "auto" else 1 << 62
-        self._quiet = Quiet(plan, ask, until, d_min, d_cap, b.balance, b.tokens, hi)
+        self._quiet = Quiet(plan, ask, until, d_min, d_cap, b.balance, b.tokens, b.tokens_to_reach(level))
         return plan
 
     def _ask(self, name: str, stream: TokenStream) -> Offer | None:

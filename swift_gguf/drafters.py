@@ -182,20 +182,8 @@ class NgramIndex:
         self._extend(tokens)
 
     def sync_match(self, tokens: list[int]) -> tuple[int, int, bool] | None:
-        """sync(tokens), then match(). The step that appends one token (every plain step) is done here,
-        and ends here where that token occurs nowhere earlier: text that does not repeat."""
-        toks = self.tokens
-        n = len(toks)
-        if not (tokens is self._source and len(tokens) == n + 1 and n and tokens[n - 1] == toks[-1]):
-            self.sync(tokens)
-            return self.match()
-        t = tokens[n]
-        toks.append(t)
-        e = self.ends.get(t)
-        if e is None:
-            self.ends[t] = [n]
-            return None
-        e.append(n)
+        """sync(tokens), then match(): what LookupDrafter.offer asks every token."""
+        self.sync(tokens)
         return self.match()
 
     def _extend(self, tokens: list[int]) -> None:

@@ -96,8 +96,8 @@ class CheckResult:
         if not self.step_ms:
             return ""
         up, ver = self.step_ms["upstream"], self.step_ms["verification"]
-        from .runtime import STEP_MARGIN
-        faster = "the verification kernels" if ver < STEP_MARGIN * up else "upstream's"
+        from .runtime import StepKernels
+        faster = "the verification kernels" if StepKernels.prefers_verification(up, ver) else "upstream's"
         return (f"plain step {up:.2f} ms through upstream's one-token kernels, {ver:.2f} ms through the "
                 f"verification kernels ({ver / up:.2f}x, the same logits): plain decoding would take {faster}")
 
