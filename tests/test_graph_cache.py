@@ -4,7 +4,8 @@ Drafts (1-token graphs with a skip mask) and verifications ((d+1)-token graphs w
 alternate; each keeps its built graph in a cache slot with its own scheduler, so switching
 back needs no rebuild. These tests check that the cache never changes a result (every call
 equals the same call on a context that rebuilds every graph), that a steady alternation stops
-building graphs, that the cache stays bounded and that LLAMA_SWIFT_GRAPH_CACHE=0 turns it off.
+building graphs, that the cache stays bounded and that LLAMA_SWIFT_GRAPH_CACHE=0 turns it off;
+and (patch 0008) that graphs of equal node and leaf counts are not allocated on each other's plan.
 
 They skip when the loaded library predates patch 0002 (no llama_swift_graph_cache_size).
 """
@@ -20,6 +21,7 @@ from llama_cpp import llama_cpp as C
 from swift_gguf import native
 from swift_gguf.native import context_env
 from swift_gguf.api import SwiftLlama
+from swift_gguf.fetch import resolve_model
 from swift_gguf.skipset import SkipSet
 
 PROMPT = ("The quick brown fox jumps over the lazy dog. Then it ran into the forest, where the old "
@@ -269,3 +271,45 @@ def test_kv_shift_invalidates_the_cache(model_path, vocab):
     assert size_before == 1 and size_after == 1 and n_built == 1
     for i, (g, e) in enumerate(zip(got, expected)):
         assert np.array_equal(g, e), f"call {i}"
+
+
+@pytest.mark.parametrize("cache", [None, "1"])
+def test_graphs_of_equal_counts_are_planned_afresh(cache):
+    """patch 0008: each inner layer of Gemma 3 bypassed whole in turn, 4 rows with logits on a scratch
+    sequence (a search probe's call): the graphs of two such masks have the same node and leaf counts,
+    but where a sliding-window layer and a global one swap, leaf i is a weight in one graph and an
+    input in the other. ggml's allocator checked only the counts and the nodes, so the input kept the
+    previous plan's "no buffer" and the decode crashed (Gemma 3 270M: in the main scheduler with the
+    cache off, and in a cache slot a graph of the same counts was evicted from, as the search's
+    probes did). Every call must run and give the logits of a context that builds every graph
+    afresh (LLAMA_GRAPH_REUSE_DISABLE: the main scheduler, where the crash came too)."""
+    path = resolve_model("gemma3-270m", progress=False)
+
+    def run(llm: SwiftLlama) -> list[np.ndarray]:
+        rt, n = llm.rt, llm.rt.n_layer
+        toks = llm.tokenize(PROMPT.encode())[:24]
+        rt.remove(-1, 0, -1)
+        rt.decode(toks, 0)
+        p = len(toks) - 4
+        out = []
+        for il in range(1, n - 1):
+            rt.share(0, 1, 0, p)
+            with rt.skipping(SkipSet.from_lists(n, attention=[il], ffn=[il]).mask()):
+                rt.decode(toks[p:], p, seq=1, all_logits=True)
+            out.append(rt.logits_rows(4).copy())
+            rt.remove(1, -1, -1)
+        return out
+
+    ref = load(path, reuse=False)
+    try:
+        expected = run(ref)
+    finally:
+        ref.close()
+    llm = load(path, cache=cache)
+    try:
+        got = run(llm)
+    finally:
+        llm.close()
+    assert len(got) == len(expected) >= 16
+    for il, (g, e) in enumerate(zip(got, expected), start=1):
+        assert np.array_equal(g, e), f"layer {il} bypassed: max diff {np.abs(g - e).max()}"
