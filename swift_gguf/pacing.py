@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 FRONT_LOAD = 2.5      # search share per unit of estimated gain while exploring (capped by search_budget_max)
 MIN_EVIDENCE = 8      # sub-layers with importance evidence before the gain is estimated from them
 FREE_MATCHNESS = 0.98  # acceptance assumed for a set of free sub-layers
-# A search step's cost over its window decodes' (v(W + 1) each) before any step was timed: the
-# log-softmax and KL over vocabulary-wide rows and a graph built for each new skip mask come on top
-# (SmolLM2's first importance probe: 7.3 plain steps where its decodes were 3.2; charged at the
-# decodes' estimate, it was granted on a 3.2-step allowance and cost a 96-token answer 7%). Once a
-# step was timed, the last measured ratio replaces it for kinds not timed yet.
-PROBE_PRIOR = 2.5
+# A search step's cost over its window decodes' (v(W + 1) each) before any step was timed: a graph
+# built for each new skip mask and the log-softmax and KL over vocabulary-wide rows come on top. The
+# first step of a process, forced on real answers, took 1.2x (SmolLM2, Qwen2.5-Coder-0.5B) to 2.0x
+# (Gemma 3 270M: 262,144-wide rows) its decodes, later ones ~1.0x (search.run_probe decodes its
+# window through the verification kernels, which v(n) times; through upstream's batch kernels, until
+# 2026-12-05, steps took 2.1-2.7x and SmolLM2's first one, charged at its decodes' estimate, cost a
+# 96-token answer 7%). Once a step was timed, the last measured ratio replaces it for kinds not timed yet.
+PROBE_PRIOR = 2.0
 
 
 class SearchPacer:
@@ -109,9 +111,9 @@ class SearchPacer:
     def _cost(self, kind: tuple[int, int], n_past: int) -> float:
         """Plain steps the next search step will cost: what the last step of its kind cost where that
         was more than its window decodes at v(W + 1) each; for a kind not timed yet, those decodes times
-        the last step's ratio to its decodes (PROBE_PRIOR before any). (A 4-token importance probe of
-        SmolLM2 costs ~7 plain steps, not 2 v(5) ~ 4: the log-softmax and KL over 49,152-wide rows, a
-        graph built for its new skip mask; estimated at 4, one sank a 42-token answer to 0.83x.)"""
+        the last step's ratio to its decodes (PROBE_PRIOR before any). (A step is more than its decodes:
+        a graph built for its new skip mask, the log-softmax and KL over vocabulary-wide rows; a 4-token
+        importance probe of SmolLM2 estimated at its decodes alone once sank a 42-token answer to 0.83x.)"""
         decodes = self._decodes(kind, n_past)
         seen = self._seen.get(kind)
         return max(decodes, seen) if seen is not None else decodes * self._ratio

@@ -292,13 +292,16 @@ class ProbeRuntime:
     """Enough of a protocols.Runtime for LayerSearch.step: logs decodes, returns fixed log-probs."""
 
     def __init__(self, n_layer=6, n_vocab=8):
-        self.n_layer, self.n_vocab, self.n_ctx = n_layer, n_vocab, 512
+        self.n_layer, self.n_vocab, self.n_ctx, self.max_verify = n_layer, n_vocab, 512, 64
         self.decodes, self.mask = [], None
         self._rows = np.log(np.random.default_rng(0).dirichlet(np.ones(n_vocab), size=64))
 
     def decode(self, tokens, pos0, *, seq=0, all_logits=False):
         self.decodes.append((len(tokens), pos0, seq, self.mask))
         return 0.001
+
+    def verify(self, tokens, pos0, *, seq=0):   # (probes decode their windows through it)
+        return self.decode(tokens, pos0, seq=seq, all_logits=True)
 
     def logits_rows(self, n):
         return self._rows[:n]
@@ -350,8 +353,9 @@ def test_a_reference_is_taken_with_the_probe_that_reads_it():
 def test_the_pacer_asks_the_budget_for_what_a_step_of_its_kind_last_cost():
     """A search step is granted only where the request's loss budget can carry it: at first as its
     window decodes at v(W + 1) each times PROBE_PRIOR (the KL over vocabulary rows and a new graph come
-    on top), then at least what the last step of its kind cost (a 4-token importance probe of SmolLM2
-    took ~7 plain steps where 2 v(5) ~ 4 were asked, and sank a short answer to 0.83x); a kind not
+    on top), then at least what the last step of its kind cost (a 4-token importance probe of SmolLM2,
+    through upstream's batch kernels, took ~7 plain steps where 2 v(5) ~ 4 were asked, and sank a short
+    answer to 0.83x); a kind not
     timed yet is priced at the last step's ratio to its decodes."""
     import time as _time
 
