@@ -96,24 +96,54 @@ class Probe:
     draft_length: int = 1
 
 
+SCORE_ROWS = 8   # window rows scored at a time (Scratch): memory bounded for any window
+
+
+class Scratch:
+    """Two row blocks of float64, vocabulary-wide, that every probe's scoring reuses.
+
+    A probe's log-softmax and KL used to allocate 4-6 arrays of W x n_vocab doubles afresh (Gemma 3:
+    8 MB each for a 4-token window, 105 MB for W = 50); fresh memory costs a page fault per page at
+    first touch, expensive in a VM (a first log-softmax of 4 x 262,144 rows took 25 ms, later ones 4).
+    Rows are scored SCORE_ROWS at a time: each row's arithmetic is the same whatever rows share its
+    block, so the results are those of whole-window arrays, bit for bit."""
+
+    def __init__(self) -> None:
+        self._blocks: tuple[np.ndarray, np.ndarray] | None = None
+
+    def blocks(self, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+        b = self._blocks
+        if b is None or b[0].shape[1] != n_vocab:
+            b = self._blocks = (np.empty((SCORE_ROWS, n_vocab)), np.empty((SCORE_ROWS, n_vocab)))
+        return b
+
+
+def _log_softmax(rows: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """log-softmax of each row of `rows` (float32 logits) into `out` (float64, the same shape), `tmp`
+    for the exponentials."""
+    out[...] = rows
+    out -= out.max(axis=1, keepdims=True)
+    out -= np.log(np.exp(out, out=tmp).sum(axis=1, keepdims=True))
+    return out
+
+
 class Reference:
-    """The full model's log-probabilities over a window."""
+    """The full model's log-probabilities over a window, from its W rows of logits."""
 
-    def __init__(self, window: Window, logp: np.ndarray):
+    def __init__(self, window: Window, rows: np.ndarray, scratch: Scratch):
         self.window = window
-        self.logp = logp
-        self.argmax = logp.argmax(axis=1)
-        self.p = np.exp(logp)
-
-
-def _log_softmax(rows: np.ndarray) -> np.ndarray:
-    x = rows.astype(np.float64)
-    x -= x.max(axis=1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+        self.logp = np.empty(rows.shape)
+        _, tmp = scratch.blocks(rows.shape[1])
+        for i in range(0, len(rows), SCORE_ROWS):
+            j = min(i + SCORE_ROWS, len(rows))
+            _log_softmax(rows[i:j], self.logp[i:j], tmp[:j - i])
+        self.argmax = self.logp.argmax(axis=1)
+        self.p = np.exp(self.logp)
 
 
 def run_probe(rt: Runtime, skip: SkipSet, window: Window) -> tuple[np.ndarray, float]:
-    """Teacher-force window through the drafter with skip set; (log-probs [W, vocab], seconds).
+    """Teacher-force window through the drafter with skip set; (logits [W, vocab], seconds). The
+    logits are the runtime's view: valid until its next decode.
 
     Scratch sequence 1 shares sequence 0's cells before the window, so the probe
     sees the same context as the stream; it is removed afterwards whatever happens.
@@ -133,10 +163,9 @@ def run_probe(rt: Runtime, skip: SkipSet, window: Window) -> tuple[np.ndarray, f
                 secs = rt.verify(window.tokens[:W], window.pos0, seq=1)
             else:   # (a batch size below the window: upstream's kernels, as for any batch)
                 secs = rt.decode(window.tokens[:W], window.pos0, seq=1, all_logits=True)
-        logp = _log_softmax(rt.logits_rows(W))
     finally:
         rt.remove(1, -1, -1)
-    return logp, secs
+    return rt.logits_rows(W), secs
 
 
 def _still_valid(ref: Reference, tokens: list[int], n_past: int) -> bool:
@@ -144,11 +173,19 @@ def _still_valid(ref: Reference, tokens: list[int], n_past: int) -> bool:
     return w.pos0 + w.size <= n_past and tokens[w.pos0:w.pos0 + w.size + 1] == w.tokens
 
 
-def compare(ref: Reference, logp: np.ndarray) -> tuple[float, float]:
-    """(matchness, mean KL(full || drafter)) of a probe against the reference."""
-    match = float(np.mean(logp.argmax(axis=1) == ref.argmax))
-    kl = float(np.mean(np.sum(ref.p * (ref.logp - logp), axis=1)))
-    return match, max(kl, 0.0)
+def compare(ref: Reference, rows: np.ndarray, scratch: Scratch) -> tuple[float, float]:
+    """(matchness, mean KL(full || drafter)) of a probe's logits rows against the reference."""
+    logp, tmp = scratch.blocks(rows.shape[1])
+    argmax = np.empty(len(rows), dtype=np.intp)
+    kl = np.empty(len(rows))
+    for i in range(0, len(rows), SCORE_ROWS):
+        j = min(i + SCORE_ROWS, len(rows))
+        x = _log_softmax(rows[i:j], logp[:j - i], tmp[:j - i])
+        argmax[i:j] = x.argmax(axis=1)
+        d = np.subtract(ref.logp[i:j], x, out=tmp[:j - i])
+        d *= ref.p[i:j]   # p * (logp_ref - logp), as ref.p * (ref.logp - logp) computes it
+        kl[i:j] = d.sum(axis=1)
+    return float(np.mean(argmax == ref.argmax)), max(float(np.mean(kl)), 0.0)
 
 
 @dataclass
@@ -190,6 +227,7 @@ class LayerSearch:
         self.cfg.seed = seed
         self.rng = np.random.default_rng(seed)
         self._refs: dict[int, Reference] = {}
+        self._scratch = Scratch()   # the probes' scoring buffers
         self._size_grid: list[int] = []
         self._size_scores: dict[int, float] = {}
         self._opt = None
@@ -272,15 +310,15 @@ class LayerSearch:
             # paid for references no probe read (Spec-Bench, 96-token answers: ~2% of generation time
             # and not one probe in a run). Taken here with the probe that reads it
             window = Window(list(tokens[n_past - W:n_past + 1]), n_past - W)
-            logp, _ = run_probe(rt, SkipSet(self.state.n_layer), window)
-            self._refs[W] = Reference(window, logp)
+            rows, _ = run_probe(rt, SkipSet(self.state.n_layer), window)
+            self._refs[W] = Reference(window, rows, self._scratch)
             phase, skip, W = self._next()   # (with the reference in place: a probe on it)
             if phase == "reference":   # (never: one reference is needed at a time)
                 self.state.seconds += time.perf_counter() - start
                 return None
         ref = self._refs[W]
-        logp, secs = run_probe(rt, skip, ref.window)
-        match, kl = compare(ref, logp)
+        rows, secs = run_probe(rt, skip, ref.window)
+        match, kl = compare(ref, rows, self._scratch)
         probe = Probe(skip, match, kl, secs, phase)
         probe.draft_length, probe.predicted = costmodel.predict(skip, match, self.costs)
         self._observe(probe)

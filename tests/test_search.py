@@ -415,3 +415,30 @@ def test_the_pacer_asks_the_budget_for_what_a_step_of_its_kind_last_cost():
     assert pacer.step(rt, other, b) == 0.0
     b.cycle(2, 1.0)   # a cycle that gained a plain step
     assert pacer.step(rt, other, b) > 0.0
+
+
+@pytest.mark.parametrize("W", [1, 4, 13, 50])
+def test_probe_scoring_in_row_blocks_is_the_whole_window_arithmetic_bit_for_bit(W):
+    """Reference and compare score a window SCORE_ROWS rows at a time in reused buffers (no fresh
+    vocabulary-wide arrays per probe): the log-probabilities, matchness and KL are exactly those of the
+    whole-window formulas they replaced, for windows shorter and longer than a block."""
+    from swift_gguf.search import SCORE_ROWS, Reference, Scratch, Window, compare
+
+    rng = np.random.default_rng(W)
+    ref_rows = (rng.standard_normal((W, 3001)) * 4).astype(np.float32)
+    probe_rows = (ref_rows + rng.standard_normal((W, 3001)).astype(np.float32)).astype(np.float32)
+
+    def log_softmax(rows):   # the whole-window formula (search.py until 2026-12-05)
+        x = rows.astype(np.float64)
+        x -= x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    scratch = Scratch()
+    ref = Reference(Window(list(range(W + 1)), 0), ref_rows, scratch)
+    want_logp = log_softmax(ref_rows)
+    assert np.array_equal(ref.logp, want_logp) and np.array_equal(ref.p, np.exp(want_logp))
+    logp = log_softmax(probe_rows)
+    want = (float(np.mean(logp.argmax(axis=1) == want_logp.argmax(axis=1))),
+            max(float(np.mean(np.sum(ref.p * (ref.logp - logp), axis=1))), 0.0))
+    assert compare(ref, probe_rows, scratch) == want and want[1] > 0
+    assert scratch.blocks(3001)[0].shape == (SCORE_ROWS, 3001)   # bounded whatever W is
