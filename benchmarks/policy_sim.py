@@ -137,8 +137,9 @@ def replay_turn(prompt: list[int], out: list[int], costs, ctl: Controller,
 
 
 def replay(run: dict, arm: str = "baseline", margin: float | None = None, live: float | None = None,
-           costs_from: dict | None = None, seed: int = 0) -> dict:
-    """The policy replayed on a run's recorded outputs (see the module docstring)."""
+           costs_from: dict | None = None, seed: int = 0, controller: type = Controller) -> dict:
+    """The policy replayed on a run's recorded outputs (see the module docstring). `controller`: the
+    Controller class that plans (benchmarks/oracle_parts.py hands it the recorded future)."""
     measured = costs_from or run["verify_costs"]
     timer = LiveTimer(CostTable(measured), Costs(), live, seed) if live is not None else None
     costs = timer.costs if timer else RunCosts(measured)
@@ -151,7 +152,7 @@ def replay(run: dict, arm: str = "baseline", margin: float | None = None, live: 
     if margin is not None:
         cfg.margin = margin
     drafter = LookupDrafter(costs)
-    ctl = Controller(cfg, costs, {LOOKUP: drafter})
+    ctl = controller(cfg, costs, {LOOKUP: drafter})
     for qid, reps in run["raw"][arm].items():
         cat = column[qid]
         turns = reps[0]
