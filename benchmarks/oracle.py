@@ -9,6 +9,7 @@ with the same table.
 from __future__ import annotations
 
 import bisect
+from typing import Callable
 
 from swift_gguf.costmodel import interpolate
 from swift_gguf.limits import MAX_VERIFY
@@ -51,6 +52,17 @@ class CostTable:
         return self._at(ctx, lambda i: interpolate(self.v[i], n))
 
 
+def oracle_length(run: int, v: Callable[[int], float]) -> int:
+    """The oracle's draft length where the next `run` drafted tokens would all be accepted: d <= run with
+    the highest (d + 1) / v(d + 1), if above a plain step's 1 (else 0: a plain step; ties: the shorter)."""
+    best_d, best_rate = 0, 1.0
+    for d in range(1, run + 1):
+        rate = (d + 1) / v(d + 1)
+        if rate > best_rate:
+            best_d, best_rate = d, rate
+    return best_d
+
+
 def oracle_cycles(prompt: list[int], out: list[int], costs: CostTable) -> tuple[float, float]:
     """(plain seconds, oracle seconds) to generate out[1:] after prompt (out[0] comes from the prompt)."""
     seq = list(prompt) + list(out)
@@ -61,11 +73,7 @@ def oracle_cycles(prompt: list[int], out: list[int], costs: CostTable) -> tuple[
     while i < len(out):
         ctx = p + i
         run = min(index.best_run(ctx, ORACLE_DRAFT_MAX), len(out) - 1 - i)
-        best_d, best_rate = 0, 1.0
-        for d in range(1, run + 1):
-            rate = (d + 1) / costs.verify(d + 1, ctx)
-            if rate > best_rate:
-                best_d, best_rate = d, rate
+        best_d = oracle_length(run, lambda n: costs.verify(n, ctx))
         t1 = costs.plain_seconds(ctx)
         if best_d:
             oracle += costs.verify(best_d + 1, ctx) * t1

@@ -26,7 +26,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.oracle import oracle_bound
+from benchmarks.oracle import oracle_bound, oracle_length
 from benchmarks.policy_sim import replay
 from swift_gguf.controller import Controller, Plan
 from swift_gguf.drafters import LOOKUP
@@ -58,8 +58,7 @@ def controller_with_future(run: dict, mode: str, arm: str = "baseline") -> type:
             run_ = 0
             while run_ < min(len(offer.tokens), d_cap) and offer.tokens[run_] == out[k + run_]:
                 run_ += 1
-            v = self.costs.v_table(stream.n_past)
-            best_d = max(range(run_ + 1), key=lambda d: (d + 1) / v[d + 1] if d else 1.0)
+            best_d = oracle_length(run_, self.costs.v_table(stream.n_past).__getitem__)
             if mode == "length":
                 return p if p.offer is None else Plan(offer, max(best_d, 1))
             if mode == "decide":

@@ -118,6 +118,12 @@ class Scratch:
         return b
 
 
+def _row_blocks(n: int):
+    """The slices of SCORE_ROWS rows (the last one shorter) that score an n-row window."""
+    for i in range(0, n, SCORE_ROWS):
+        yield slice(i, min(i + SCORE_ROWS, n))
+
+
 def _log_softmax(rows: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     """log-softmax of each row of `rows` (float32 logits) into `out` (float64, the same shape), `tmp`
     for the exponentials."""
@@ -134,9 +140,8 @@ class Reference:
         self.window = window
         self.logp = np.empty(rows.shape)
         _, tmp = scratch.blocks(rows.shape[1])
-        for i in range(0, len(rows), SCORE_ROWS):
-            j = min(i + SCORE_ROWS, len(rows))
-            _log_softmax(rows[i:j], self.logp[i:j], tmp[:j - i])
+        for b in _row_blocks(len(rows)):
+            _log_softmax(rows[b], self.logp[b], tmp[:b.stop - b.start])
         self.argmax = self.logp.argmax(axis=1)
         self.p = np.exp(self.logp)
 
@@ -152,8 +157,8 @@ def run_probe(rt: Runtime, skip: SkipSet, window: Window) -> tuple[np.ndarray, f
     those of a one-token decode, as the drafter's own steps will see them, and on K-quant and
     large-vocabulary models they are several times faster than upstream's small-batch kernels
     (Gemma 3 270M, 5 rows with every row's logits: 12 ms against 42 ms; a plain step 8.7 ms).
-    Upstream's kernels made a probe cost 3-5x its window decodes at v(W + 1), the price the pacer
-    asks the loss budget for.
+    Upstream's kernels made a search step cost 2.1-2.7x its window decodes at v(W + 1), the price the
+    pacer asks the loss budget for (pacing.PROBE_PRIOR).
     """
     W = window.size
     rt.share(0, 1, 0, window.pos0)
@@ -178,13 +183,13 @@ def compare(ref: Reference, rows: np.ndarray, scratch: Scratch) -> tuple[float, 
     logp, tmp = scratch.blocks(rows.shape[1])
     argmax = np.empty(len(rows), dtype=np.intp)
     kl = np.empty(len(rows))
-    for i in range(0, len(rows), SCORE_ROWS):
-        j = min(i + SCORE_ROWS, len(rows))
-        x = _log_softmax(rows[i:j], logp[:j - i], tmp[:j - i])
-        argmax[i:j] = x.argmax(axis=1)
-        d = np.subtract(ref.logp[i:j], x, out=tmp[:j - i])
-        d *= ref.p[i:j]   # p * (logp_ref - logp), as ref.p * (ref.logp - logp) computes it
-        kl[i:j] = d.sum(axis=1)
+    for b in _row_blocks(len(rows)):
+        n = b.stop - b.start
+        x = _log_softmax(rows[b], logp[:n], tmp[:n])
+        argmax[b] = x.argmax(axis=1)
+        d = np.subtract(ref.logp[b], x, out=tmp[:n])
+        d *= ref.p[b]   # p * (logp_ref - logp), as ref.p * (ref.logp - logp) computes it
+        kl[b] = d.sum(axis=1)
     return float(np.mean(argmax == ref.argmax)), max(float(np.mean(kl)), 0.0)
 
 
